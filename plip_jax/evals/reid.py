@@ -1,0 +1,110 @@
+"""Image->image ReID metrics (CMC R@k, mAP, mINP) with the Market-1501 camera/junk rule.
+
+For each query the gallery items with the same id *and* the same camera are removed from the
+ranking (junk), as are gallery items with a negative id (Market-1501 ``-1`` junk images). All ids
+>= 0 are ordinary identities: Market's ``0000`` distractors never share a query id, so they stay
+in the ranking as negatives (this also keeps MSMT17, whose real ids start at 0, correct). Matches
+are the same id seen by a different camera. Ranking, AP conventions and percent outputs are those
+of :mod:`plip_jax.evals.retrieval`; the official Market/PLIP scripts use ``ap="trapezoid"``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from plip_jax.evals.retrieval import (
+    APConvention,
+    RankingAccumulator,
+    RankMethod,
+    _as_embeddings,
+    _as_ids,
+    _check_common,
+    _similarity_blocks,
+    match_ranks,
+)
+
+
+def market_masks(
+    q_ids: np.ndarray, g_ids: np.ndarray, q_cams: np.ndarray, g_cams: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, valid) (B, G) masks: match = same id, other camera; junk = same id+camera or id<0."""
+    same_id = q_ids[:, None] == g_ids[None, :]
+    same_cam = q_cams[:, None] == g_cams[None, :]
+    valid = ~(same_id & same_cam) & (g_ids >= 0)[None, :]
+    return same_id & valid, valid
+
+
+def _check_reid_labels(q_ids, g_ids, q_cams, g_cams, nq: int, ng: int):
+    q_ids = _as_ids(q_ids, nq, "q_ids")
+    g_ids = _as_ids(g_ids, ng, "g_ids")
+    q_cams = _as_ids(q_cams, nq, "q_cams")
+    g_cams = _as_ids(g_cams, ng, "g_cams")
+    if (q_ids < 0).any():
+        raise ValueError("q_ids must be >= 0: negative ids mark junk images, which cannot be queries")
+    if (q_cams < 0).any() or (g_cams < 0).any():
+        raise ValueError(
+            "camera ids must be known (>= 0) for the same-camera rule; "
+            "use retrieval_metrics for camera-free ranking"
+        )
+    return q_ids, g_ids, q_cams, g_cams
+
+
+def reid_metrics_from_similarity(
+    sim: np.ndarray,
+    q_ids: np.ndarray,
+    g_ids: np.ndarray,
+    q_cams: np.ndarray,
+    g_cams: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    ap: APConvention = "trapezoid",
+    block_size: int = 4096,
+    method: RankMethod = "auto",
+    count_empty_queries: bool = False,
+) -> dict:
+    """Market-1501 ReID metrics from a precomputed (Q, G) similarity (higher = more similar)."""
+    ks = _check_common(ks, ap, block_size, method)
+    sim = _as_embeddings(sim, "sim")
+    q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
+        q_ids, g_ids, q_cams, g_cams, sim.shape[0], sim.shape[1]
+    )
+    acc = RankingAccumulator(ks, ap, count_empty_queries)
+    for lo in range(0, sim.shape[0], block_size):
+        sl = slice(lo, lo + block_size)
+        positive, valid = market_masks(q_ids[sl], g_ids, q_cams[sl], g_cams)
+        acc.add(*match_ranks(sim[sl], positive, valid, method))
+    return {**acc.result(), "num_gallery": int(sim.shape[1])}
+
+
+def reid_metrics(
+    query_emb: np.ndarray,
+    gallery_emb: np.ndarray,
+    q_ids: np.ndarray,
+    g_ids: np.ndarray,
+    q_cams: np.ndarray,
+    g_cams: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    block_size: int = 4096,
+    ap: APConvention = "trapezoid",
+    normalize: bool = True,
+    method: RankMethod = "auto",
+    count_empty_queries: bool = False,
+) -> dict:
+    """Image ReID metrics (R@k, mAP, mINP in percent) on cosine similarity, Market-1501 protocol.
+
+    Returns ``R{k}``, ``mAP``, ``mINP``, ``num_queries``, ``num_queries_without_match`` and
+    ``num_gallery``; queries left without any cross-camera match are handled as in
+    :func:`plip_jax.evals.retrieval.retrieval_metrics`.
+    """
+    ks = _check_common(ks, ap, block_size, method)
+    q = _as_embeddings(query_emb, "query_emb")
+    g = _as_embeddings(gallery_emb, "gallery_emb")
+    q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
+        q_ids, g_ids, q_cams, g_cams, q.shape[0], g.shape[0]
+    )
+    acc = RankingAccumulator(ks, ap, count_empty_queries)
+    for lo, sim in _similarity_blocks(q, g, int(block_size), normalize):
+        sl = slice(lo, lo + sim.shape[0])
+        positive, valid = market_masks(q_ids[sl], g_ids, q_cams[sl], g_cams)
+        acc.add(*match_ranks(sim, positive, valid, method))
+    return {**acc.result(), "num_gallery": int(g.shape[0])}
