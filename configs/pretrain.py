@@ -1,0 +1,54 @@
+"""PLIP pre-training. `configs/pretrain.py` = the paper's setting on SYNTH-PEDES (full);
+`configs/pretrain.py:mini` = the embedded default: procedural data, small image encoder, MiniLM-L6
+text tower, sized for 2 CPU cores (< 10 minutes including the dataset build)."""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = common.parse_arg(arg, mini=False, recipe="release", steps=0, batch=0)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = common.model_config(a.recipe)
+    c.optim = common.optim_config()
+    c.data = common.data_config()
+    c.losses = ml_collections.ConfigDict(dict(
+        weights=dict(ivlc=1.0, tic=0.02, iap=0.1),   # lambda1 = 0.02, lambda2 = 0.1 (Tab. 17)
+        tic_reduction="sum_sq", cmpm_eps=1e-8, cosine_logits=False))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
+    c.train = ml_collections.ConfigDict(dict(
+        epochs=70.0, steps=0,                # steps > 0 overrides epochs
+        log_every=50, eval_every=5000, ckpt_every=2000, keep_checkpoints=3,
+        eval_batch_size=256, eval_max_items=0, async_checkpoints=True,
+        profile=False))
+    if a.mini:
+        c.model.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(128, 64))
+        c.model.text = dict(init="minilm", frozen_layers=4, mask_padding=True)
+        c.model.tic = dict(fpn_dim=32)
+        c.model.iap = dict(fusion="add", num_layers=1, heads=6, mlp_dim=768)
+        c.optim.name = "adamw"
+        c.optim.lr = 1e-3
+        c.optim.scale_lr_by_batch = False
+        c.optim.weight_decay = 1e-4
+        c.optim.schedule = "cosine"
+        c.optim.warmup_epochs = 0.3
+        c.optim.frozen = (r"^text/embeddings/.*", r"^text/encoder/layer/[0-3]/.*")
+        c.optim.lr_multipliers = ((r"^text/.*", 0.5),)
+        c.data.config = "procedural"
+        c.data.batch_size = 64
+        c.data.max_length = 40
+        c.data.max_masked = 8
+        c.data.workers = 0
+        c.train.epochs = 3.0
+        c.train.log_every = 10
+        c.train.eval_every = 200
+        c.train.ckpt_every = 100
+        c.train.eval_batch_size = 128
+    if a.steps:
+        c.train.steps = a.steps
+    if a.batch:
+        c.data.batch_size = a.batch
+    return c

@@ -1,0 +1,120 @@
+"""The PLIP model: image and text encoders plus the colorization (TIC) and attribute (IAP) heads.
+
+One module so that one `init` creates every variable under the names of docs/contracts.md
+(params/{image,text,tic,iap}, batch_stats/image). The train step calls `__call__` (two image
+and two text passes, PLIP_SPEC 2); inference calls `encode_image` / `encode_text`.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from plip_jax.data import transforms
+from plip_jax.models.bert import Bert, BertConfig, masked_mean
+from plip_jax.models.heads import AttributeHead, ColorizationDecoder
+from plip_jax.models.resnet import ModifiedResNet
+
+RECIPES = ("release", "paper_v2")
+TASKS = ("ivlc", "tic", "iap")
+
+
+def text_global(last_hidden: jax.Array, pooled: jax.Array, attention_mask: jax.Array,
+                recipe: str, mask_padding: bool = True) -> jax.Array:
+    """Global caption embedding: BERT pooler (release weights) or mean of hidden states (paper v2)."""
+    if recipe == "release":
+        return pooled
+    if mask_padding:
+        return masked_mean(last_hidden, attention_mask)
+    return jnp.mean(last_hidden.astype(jnp.float32), axis=1)
+
+
+class PLIP(nn.Module):
+    """PLIP encoders + pretext heads; `tasks` decides which heads exist (ablations)."""
+
+    image_layers: Sequence[int] = (3, 4, 6, 3)
+    image_width: int = 64
+    image_heads: int = 8
+    output_dim: int = 768
+    input_size: tuple[int, int] = (256, 128)
+    text_config: BertConfig = None  # type: ignore[assignment]
+    recipe: str = "release"
+    frozen_text_layers: int = 0
+    mask_padding: bool = True
+    tasks: tuple[str, ...] = TASKS
+    fpn_dim: int = 256
+    iap_fusion: str = "add"
+    iap_layers: int = 1
+    iap_heads: int = 12
+    iap_mlp_dim: int = 3072
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown pretext tasks {sorted(unknown)}; expected a subset of {TASKS}")
+        self.image = ModifiedResNet(
+            layers=tuple(self.image_layers), width=self.image_width, heads=self.image_heads,
+            output_dim=self.output_dim, input_size=tuple(self.input_size),
+            pool="attn" if self.recipe == "release" else "max", dtype=self.dtype)
+        self.text = Bert(self.text_config, dtype=self.dtype, frozen_layers=self.frozen_text_layers)
+        if "tic" in self.tasks:
+            self.tic = ColorizationDecoder(text_dim=self.text_config.hidden_size,
+                                           fpn_dim=self.fpn_dim, dtype=self.dtype)
+        if "iap" in self.tasks:
+            self.iap = AttributeHead(
+                vocab_size=self.text_config.vocab_size, hidden=self.text_config.hidden_size,
+                heads=self.iap_heads, mlp_dim=self.iap_mlp_dim, fusion=self.iap_fusion,
+                num_layers=self.iap_layers, dtype=self.dtype)
+
+    def encode_image(self, images: jax.Array, train: bool = False):
+        """Normalised NHWC float images -> (global embedding, (x1, x2, x3, x4))."""
+        return self.image(images, train=train)
+
+    def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array, train: bool = False):
+        """Token ids -> (global embedding, last hidden states)."""
+        last, pooled = self.text(input_ids, attention_mask, deterministic=not train)
+        return text_global(last, pooled, attention_mask, self.recipe, self.mask_padding), last
+
+    def __call__(self, batch: dict[str, jax.Array], train: bool = True) -> dict[str, jax.Array]:
+        """The pre-training forward: returns every output the three losses need."""
+        image_u8 = batch["image"]
+        colour = transforms.normalize(image_u8).astype(self.dtype)
+        out: dict[str, jax.Array] = {"target": colour.astype(jnp.float32)}
+        v_global, _ = self.encode_image(colour, train=train)
+        t_global, _ = self.encode_text(batch["input_ids"], batch["attention_mask"], train=train)
+        out["image_emb"], out["text_emb"] = v_global, t_global
+        if "tic" in self.tasks:
+            gray = transforms.gray_normalized(image_u8).astype(self.dtype)
+            _, gray_feats = self.encode_image(gray, train=train)
+            out["colour_pred"] = self.tic(gray_feats, t_global)
+        if "iap" in self.tasks:
+            _, masked_hidden = self.encode_text(batch["masked_input_ids"], batch["attention_mask"],
+                                                train=train)
+            out["iap_logits"] = self.iap(masked_hidden, v_global, batch["attention_mask"],
+                                         batch["mlm_positions"])
+        return out
+
+
+def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS) -> PLIP:
+    """PLIP from the `config.model` section and the text tower's BertConfig."""
+    img = model_cfg.image
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(model_cfg.dtype))
+    if dtype is None:
+        raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {model_cfg.dtype!r}")
+    if int(img.output_dim) != text_config.hidden_size:
+        raise ValueError(
+            f"config.model.image.output_dim ({img.output_dim}) must equal the text hidden size "
+            f"({text_config.hidden_size}): CMPM compares the two embeddings directly")
+    return PLIP(
+        image_layers=tuple(img.layers), image_width=int(img.width), image_heads=int(img.heads),
+        output_dim=int(img.output_dim), input_size=tuple(img.input_size), text_config=text_config,
+        recipe=model_cfg.recipe, frozen_text_layers=int(model_cfg.text.frozen_layers),
+        mask_padding=bool(model_cfg.text.get("mask_padding", True)), tasks=tuple(tasks),
+        fpn_dim=int(model_cfg.tic.fpn_dim), iap_fusion=model_cfg.iap.fusion,
+        iap_layers=int(model_cfg.iap.num_layers), iap_heads=int(model_cfg.iap.heads),
+        iap_mlp_dim=int(model_cfg.iap.mlp_dim), dtype=dtype)

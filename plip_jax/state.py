@@ -1,0 +1,65 @@
+"""The train state (one pytree: step, params, BN statistics, optimizer state) and its sharded
+creation: shapes first with jax.eval_shape, then materialised directly into its shardings."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from plip_jax import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def init_variables(model, rng: jax.Array, example_batch: dict) -> dict:
+    """All model variables ({'params', 'batch_stats'}) from one example batch (train mode)."""
+    return model.init({"params": rng, "dropout": rng}, example_batch, train=True)
+
+
+def abstract_state(model, tx: optax.GradientTransformation, example_batch: dict,
+                   rng: jax.Array) -> TrainState:
+    """The state as ShapeDtypeStructs: no memory is touched."""
+    def make(rng):
+        v = init_variables(model, rng, example_batch)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=v["params"],
+                          batch_stats=v.get("batch_stats", {}), opt_state=tx.init(v["params"]))
+    return jax.eval_shape(make, rng)
+
+
+def state_shardings(abstract: TrainState, mesh: jax.sharding.Mesh, min_size: int) -> TrainState:
+    """NamedShardings for the state: fsdp rule on params and optimizer moments, step replicated."""
+    tree = shd.tree_shardings(abstract, mesh, min_size)
+    return tree.replace(step=NamedSharding(mesh, P()))
+
+
+def create_state(model, tx: optax.GradientTransformation, example_batch: dict, rng: jax.Array,
+                 mesh: jax.sharding.Mesh, min_size: int = 2**18,
+                 init_variables_fn: Callable[[dict], dict] | None = None) -> tuple[TrainState, TrainState]:
+    """(state, shardings). `init_variables_fn` may replace initial variables (pretrained towers)."""
+    abstract = abstract_state(model, tx, example_batch, rng)
+    shardings = state_shardings(abstract, mesh, min_size)
+
+    def make(rng):
+        v = init_variables(model, rng, example_batch)
+        if init_variables_fn is not None:
+            v = init_variables_fn(v)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=v["params"],
+                          batch_stats=v.get("batch_stats", {}), opt_state=tx.init(v["params"]))
+
+    state = jax.jit(make, out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs that carry their target shardings (for Orbax restore)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
