@@ -20,19 +20,29 @@ from plip_jax.evals.retrieval import (
     _as_embeddings,
     _as_ids,
     _check_common,
+    GalleryIdIndex,
     _similarity_blocks,
+    compact,
     match_ranks,
 )
 
 
-def market_masks(
-    q_ids: np.ndarray, g_ids: np.ndarray, q_cams: np.ndarray, g_cams: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(positive, valid) (B, G) masks: match = same id, other camera; junk = same id+camera or id<0."""
-    same_id = q_ids[:, None] == g_ids[None, :]
-    same_cam = q_cams[:, None] == g_cams[None, :]
-    valid = ~(same_id & same_cam) & (g_ids >= 0)[None, :]
-    return same_id & valid, valid
+def _market_block(
+    sim: np.ndarray,
+    index: GalleryIdIndex,
+    q_ids: np.ndarray,
+    q_cams: np.ndarray,
+    g_cams: np.ndarray,
+    global_junk: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply the Market rule to one block: junk -> -inf in ``sim``; return it + match columns."""
+    cols, present = index.lookup(q_ids)
+    same_cam = g_cams[cols] == q_cams[:, None]
+    sim = np.array(sim, copy=True)
+    sim[:, global_junk] = -np.inf
+    rows, slots = np.nonzero(present & same_cam)
+    sim[rows, cols[rows, slots]] = -np.inf
+    return (sim, *compact(cols, present & ~same_cam, index.num_gallery))
 
 
 def _check_reid_labels(q_ids, g_ids, q_cams, g_cams, nq: int, ng: int):
@@ -68,11 +78,12 @@ def reid_metrics_from_similarity(
     q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
         q_ids, g_ids, q_cams, g_cams, sim.shape[0], sim.shape[1]
     )
+    index, junk = GalleryIdIndex(g_ids), np.nonzero(g_ids < 0)[0]
     acc = RankingAccumulator(ks, ap, count_empty_queries)
     for lo in range(0, sim.shape[0], block_size):
         sl = slice(lo, lo + block_size)
-        positive, valid = market_masks(q_ids[sl], g_ids, q_cams[sl], g_cams)
-        acc.add(*match_ranks(sim[sl], positive, valid, method))
+        block = _market_block(sim[sl], index, q_ids[sl], q_cams[sl], g_cams, junk)
+        acc.add(*match_ranks(*block, method))
     return {**acc.result(), "num_gallery": int(sim.shape[1])}
 
 
@@ -102,9 +113,10 @@ def reid_metrics(
     q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
         q_ids, g_ids, q_cams, g_cams, q.shape[0], g.shape[0]
     )
+    index, junk = GalleryIdIndex(g_ids), np.nonzero(g_ids < 0)[0]
     acc = RankingAccumulator(ks, ap, count_empty_queries)
     for lo, sim in _similarity_blocks(q, g, int(block_size), normalize):
         sl = slice(lo, lo + sim.shape[0])
-        positive, valid = market_masks(q_ids[sl], g_ids, q_cams[sl], g_cams)
-        acc.add(*match_ranks(sim, positive, valid, method))
+        block = _market_block(sim, index, q_ids[sl], q_cams[sl], g_cams, junk)
+        acc.add(*match_ranks(*block, method))
     return {**acc.result(), "num_gallery": int(g.shape[0])}

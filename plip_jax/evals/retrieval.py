@@ -71,33 +71,51 @@ def _check_common(ks: Sequence[int], ap: str, block_size: int, method: str) -> t
     return ks
 
 
-def _padded_columns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices of the True entries of each row, left-aligned in a (B, P) array + validity."""
-    counts = mask.sum(axis=1)
-    width = max(int(counts.max(initial=0)), 1)
-    rows, cols = np.nonzero(mask)  # row-major: columns ascending within each row
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = np.arange(rows.size) - starts[rows]
-    out = np.zeros((mask.shape[0], width), dtype=np.int64)
-    out[rows, slot] = cols
-    return out, np.arange(width)[None, :] < counts[:, None]
+class GalleryIdIndex:
+    """Gallery positions grouped by id, so a query's matches are found without a (Q, G) compare."""
+
+    def __init__(self, gallery_ids: np.ndarray):
+        if gallery_ids.shape[0] == 0:
+            raise ValueError("the gallery is empty")
+        self.num_gallery = int(gallery_ids.shape[0])
+        self.order = np.argsort(gallery_ids, kind="stable")  # ascending positions within an id
+        self.ids, self.starts, self.counts = np.unique(
+            gallery_ids[self.order], return_index=True, return_counts=True
+        )
+
+    def lookup(self, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, P) gallery positions holding each query's id (ascending, left-aligned) + mask."""
+        slot = np.minimum(np.searchsorted(self.ids, query_ids), self.ids.size - 1)
+        n = np.where(self.ids[slot] == query_ids, self.counts[slot], 0)
+        width = max(int(n.max(initial=0)), 1)
+        present = np.arange(width)[None, :] < n[:, None]
+        flat = np.where(present, self.starts[slot][:, None] + np.arange(width)[None, :], 0)
+        return np.where(present, self.order[flat], 0), present
 
 
-def _ranks_by_sort(sim: np.ndarray, positive: np.ndarray, valid: np.ndarray | None):
+def compact(cols: np.ndarray, keep: np.ndarray, num_gallery: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep only ``cols[keep]`` of each row, still ascending and left-aligned, + the new mask."""
+    n = keep.sum(axis=1)
+    width = max(int(n.max(initial=0)), 1)
+    out = np.sort(np.where(keep, cols, num_gallery), axis=1)[:, :width]
+    present = np.arange(width)[None, :] < n[:, None]
+    return np.where(present, out, 0), present
+
+
+def _sorted_ranks(ranks: np.ndarray, present: np.ndarray) -> np.ndarray:
+    big = np.iinfo(np.int64).max  # padding sorts after every real rank
+    return np.where(present, np.sort(np.where(present, ranks, big), axis=1), 0)
+
+
+def _ranks_by_sort(sim: np.ndarray, cols: np.ndarray, present: np.ndarray) -> np.ndarray:
     order = np.argsort(-sim, axis=1, kind="stable")
-    pos_sorted = np.take_along_axis(positive, order, axis=1)
-    if valid is None:
-        rank_of_slot = np.broadcast_to(np.arange(1, sim.shape[1] + 1), sim.shape)
-    else:
-        rank_of_slot = np.cumsum(np.take_along_axis(valid, order, axis=1), axis=1)
-    slots, present = _padded_columns(pos_sorted)
-    return np.where(present, np.take_along_axis(rank_of_slot, slots, axis=1), 0), present
+    position = np.empty_like(order)
+    np.put_along_axis(position, order, np.arange(sim.shape[1])[None, :], axis=1)
+    return _sorted_ranks(np.take_along_axis(position, cols, axis=1) + 1, present)
 
 
-def _ranks_by_count(sim: np.ndarray, positive: np.ndarray, valid: np.ndarray | None):
-    if valid is not None:  # junk items can then never be ranked before a (finite) match
-        sim = np.where(valid, sim, -np.inf)
-    cols, present = _padded_columns(positive)
+def _ranks_by_count(sim: np.ndarray, cols: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """rank - 1 = #items scoring higher + #items scoring equal at a lower gallery position."""
     scores = np.take_along_axis(sim, cols, axis=1)
     b, p = cols.shape
     g = sim.shape[1]
@@ -106,40 +124,32 @@ def _ranks_by_count(sim: np.ndarray, positive: np.ndarray, valid: np.ndarray | N
     for lo in range(0, b, step):
         s = sim[lo : lo + step, None, :]
         t = scores[lo : lo + step, :, None]
-        greater = np.count_nonzero(s > t, axis=2)
-        ge = np.count_nonzero(s >= t, axis=2)
+        greater = (s > t).sum(axis=2)
+        ge = (s >= t).sum(axis=2)
         before[lo : lo + step] = greater
-        tied = np.nonzero((ge > greater + 1).any(axis=1))[0]
-        if tied.size:  # equal scores: only the lower gallery indices come first
+        tied = np.nonzero(((ge > greater + 1) & present[lo : lo + step]).any(axis=1))[0]
+        if tied.size:  # equal scores: only the lower gallery positions come first
             rows = tied + lo
             lower = np.arange(g)[None, None, :] < cols[rows][:, :, None]
             eq = (sim[rows][:, None, :] == scores[rows][:, :, None]) & lower
-            before[rows] += np.count_nonzero(eq, axis=2)
-    big = np.iinfo(np.int64).max
-    ranks = np.sort(np.where(present, before + 1, big), axis=1)  # padding sorts to the end
-    present = np.arange(p)[None, :] < present.sum(axis=1)[:, None]
-    return np.where(present, ranks, 0), present
+            before[rows] += eq.sum(axis=2)
+    return _sorted_ranks(before + 1, present)
 
 
 def match_ranks(
-    sim: np.ndarray,
-    positive: np.ndarray,
-    valid: np.ndarray | None = None,
-    method: RankMethod = "auto",
+    sim: np.ndarray, cols: np.ndarray, present: np.ndarray, method: RankMethod = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks (ascending, left-aligned, (B, P)) of the positives of each row + their mask.
+    """1-based ranks (B, P), ascending and left-aligned, of the gallery positions ``cols``.
 
-    The ranking is descending ``sim`` with ties to the lower gallery index; items where ``valid``
-    is False (junk) are removed from the ranking before counting.
+    The ranking is descending ``sim`` with ties to the lower gallery position (stable argsort of
+    ``-sim``). Junk items should be set to ``-inf`` in ``sim`` beforehand: the (finite) matches
+    are then ranked exactly as if the junk were removed. Returns the ranks and their mask.
     """
-    if valid is not None:
-        positive = positive & valid
     if method == "auto":
-        most = int(positive.sum(axis=1).max(initial=0))
-        method = "count" if most <= _AUTO_MAX_MATCHES else "sort"
+        method = "count" if cols.shape[1] <= _AUTO_MAX_MATCHES else "sort"
     if method == "sort":
-        return _ranks_by_sort(sim, positive, valid)
-    return _ranks_by_count(sim, positive, valid)
+        return _ranks_by_sort(sim, cols, present), present
+    return _ranks_by_count(sim, cols, present), present
 
 
 class RankingAccumulator:
@@ -233,11 +243,11 @@ def metrics_from_similarity(
     sim = _as_embeddings(sim, "sim")
     q_ids = _as_ids(query_ids, sim.shape[0], "query_ids")
     g_ids = _as_ids(gallery_ids, sim.shape[1], "gallery_ids")
+    index = GalleryIdIndex(g_ids)
     acc = RankingAccumulator(ks, ap, count_empty_queries)
     for lo in range(0, sim.shape[0], block_size):
-        block = sim[lo : lo + block_size]
-        positive = q_ids[lo : lo + block_size, None] == g_ids[None, :]
-        acc.add(*match_ranks(block, positive, None, method))
+        cols, present = index.lookup(q_ids[lo : lo + block_size])
+        acc.add(*match_ranks(sim[lo : lo + block_size], cols, present, method))
     return {**acc.result(), "num_gallery": int(sim.shape[1])}
 
 
@@ -264,10 +274,11 @@ def retrieval_metrics(
     g = _as_embeddings(gallery_emb, "gallery_emb")
     q_ids = _as_ids(query_ids, q.shape[0], "query_ids")
     g_ids = _as_ids(gallery_ids, g.shape[0], "gallery_ids")
+    index = GalleryIdIndex(g_ids)
     acc = RankingAccumulator(ks, ap, count_empty_queries)
     for lo, sim in _similarity_blocks(q, g, int(block_size), normalize):
-        positive = q_ids[lo : lo + sim.shape[0], None] == g_ids[None, :]
-        acc.add(*match_ranks(sim, positive, None, method))
+        cols, present = index.lookup(q_ids[lo : lo + sim.shape[0]])
+        acc.add(*match_ranks(sim, cols, present, method))
     return {**acc.result(), "num_gallery": int(g.shape[0])}
 
 
@@ -297,14 +308,19 @@ def similarity_topk(
 
 def _topk_rows(sim: np.ndarray, k: int) -> np.ndarray:
     """Exact stable top-k per row: everything above the k-th score, then ties by lower index."""
-    g = sim.shape[1]
+    b, g = sim.shape
     if k == g:
         return np.argsort(-sim, axis=1, kind="stable")
-    kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]
-    above = sim > kth
-    tied = sim == kth
-    need = k - above.sum(axis=1, keepdims=True)
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
-    cand = np.nonzero(chosen)[1].reshape(sim.shape[0], k)  # ascending index within each row
-    order = np.argsort(-np.take_along_axis(sim, cand, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(cand, order, axis=1)
+    step = max(1, _COUNT_BUDGET // g)  # bounds the (rows, G) temporaries below
+    out = np.empty((b, k), dtype=np.int64)
+    for lo in range(0, b, step):
+        s = sim[lo : lo + step]
+        kth = -np.partition(-s, k - 1, axis=1)[:, k - 1 : k]
+        above = s > kth
+        tied = s == kth
+        need = k - above.sum(axis=1, keepdims=True)
+        chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need))
+        cand = np.nonzero(chosen)[1].reshape(s.shape[0], k)  # ascending index within a row
+        order = np.argsort(-np.take_along_axis(s, cand, axis=1), axis=1, kind="stable")
+        out[lo : lo + step] = np.take_along_axis(cand, order, axis=1)
+    return out
