@@ -9,6 +9,7 @@ import pytest
 from plip_jax.evals.attributes import attribute_metrics
 from plip_jax.evals.reid import reid_metrics, reid_metrics_from_similarity
 from plip_jax.evals.retrieval import (
+    GalleryIdIndex,
     metrics_from_similarity,
     retrieval_metrics,
     similarity_topk,
@@ -204,6 +205,7 @@ def test_empty_queries_excluded_or_scored_zero():
         (dict(ks=(0, 5)), "positive integers"),
         (dict(block_size=0), "block_size"),
         (dict(query_ids=np.array([7, 8])), "no query has a matching"),
+        (dict(gallery_emb=np.ones((0, 2)), gallery_ids=np.zeros(0, dtype=int)), "gallery is empty"),
     ],
 )
 def test_retrieval_bad_input(kwargs, message):
@@ -254,7 +256,22 @@ def test_reid_vs_reference(seed):
             _check(got, ref, ap)
 
 
-def test_reid_bad_labels():
+def test_gallery_id_index_lookup():
+    cols, present = GalleryIdIndex(np.array([4, 2, 4, 9, 4])).lookup(np.array([4, 9, 3]))
+    np.testing.assert_array_equal(np.where(present, cols, -1), [[0, 2, 4], [3, -1, -1],
+                                                               [-1, -1, -1]])
+
+
+def test_reid_query_whose_only_matches_share_its_camera_is_dropped():
+    sim = np.array([[0.9, 0.1, 0.5], [0.2, 0.9, 0.1]])
+    with pytest.warns(RuntimeWarning, match="1 of 2 queries"):
+        res = reid_metrics_from_similarity(sim, np.array([1, 2]), np.array([1, 2, 2]),
+                                           np.array([0, 0]), np.array([0, 0, 1]), ks=(1,))
+    # query 0: its only same-id item is same-camera junk; query 1: g1 junk, g2 ranked 2nd of 2
+    assert res["R1"] == 0.0 and res["num_queries_without_match"] == 1
+    assert res["mAP"] == pytest.approx(25.0)  # devkit trapezoid: (0 + 1/2) / 2
+    assert res["mINP"] == pytest.approx(50.0)
+
     args = (np.ones((1, 2)), np.ones((2, 2)))
     with pytest.raises(ValueError, match="q_ids must be >= 0"):
         reid_metrics(*args, np.array([-1]), np.array([0, 1]), np.array([0]), np.array([0, 1]))
