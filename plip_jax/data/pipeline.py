@@ -1,0 +1,406 @@
+"""Training and evaluation input pipelines over TFDS data sources (or any Sequence of examples) with grain.
+
+Training iterates one element per CAPTION (all `captions` + `prompt_caption` of every image, as PLIP
+does). Every element is a pure function of its global index g in the stream of all epochs:
+epoch = g // epoch_length picks the per-epoch order and the mask ratio, and np.random.default_rng
+((seed, g)) drives augmentation and masking. So the stream does not depend on worker count, and
+restoring the grain iterator state resumes at exactly the next batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from plip_jax.data import masking, transforms
+from plip_jax.data.synthetic import BATCH_KEYS
+
+SAMPLERS = ("caption", "identity")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input-pipeline settings (plain dataclass; build one from any mapping with `DataConfig.from_any`).
+
+    image_size: (H, W) after bicubic resize.       batch_size: GLOBAL batch (all processes).
+    max_length: tokens per caption (BERT, 64).     max_masked: M, padded masked positions per caption.
+    flip / pad_crop / random_erasing: augmentation switches (paper: flip only).
+    sampler: 'caption' (global shuffle of image-caption pairs) or 'identity' (P ids x K pairs/batch).
+    p_identities, k_images: P and K of the identity sampler (P = batch_size // K when P is 0).
+    workers: grain worker processes (0 = in-process). read_threads: threads per process.
+    mask_schedule, mask_lower, mask_upper: IAP mask-ratio curriculum (masking.mask_ratio).
+    """
+    image_size: tuple[int, int] = (256, 128)
+    batch_size: int = 512
+    max_length: int = 64
+    max_masked: int = 24
+    flip: bool = True
+    pad_crop: bool = False
+    random_erasing: bool = False
+    sampler: str = "caption"
+    p_identities: int = 0
+    k_images: int = 4
+    workers: int = 0
+    read_threads: int = 2
+    mask_schedule: str = "sqrt"
+    mask_lower: float = 0.2
+    mask_upper: float = 0.8
+
+    @classmethod
+    def from_any(cls, cfg: "DataConfig | Mapping[str, Any] | Any") -> "DataConfig":
+        """Accept a DataConfig, a mapping, or an object with `to_dict()` (e.g. an ml_collections ConfigDict)."""
+        if isinstance(cfg, cls):
+            return cfg
+        if hasattr(cfg, "to_dict"):
+            cfg = cfg.to_dict()
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f"data config must be a DataConfig or a mapping; got {type(cfg).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - names)
+        if unknown:
+            raise ValueError(f"unknown data config fields {unknown}; valid fields: {sorted(names)}")
+        kw = dict(cfg)
+        if "image_size" in kw:
+            kw["image_size"] = tuple(int(v) for v in kw["image_size"])
+        return cls(**kw)
+
+    def augment_config(self) -> transforms.AugmentConfig:
+        return transforms.AugmentConfig(flip=self.flip, pad_crop=self.pad_crop,
+                                        random_erasing=self.random_erasing)
+
+
+# ---------------------------------------------------------------------------------------------
+# Example fields
+# ---------------------------------------------------------------------------------------------
+def _text(x: Any) -> str:
+    """TFDS Text features come back as bytes; in-memory sources may hold str."""
+    if isinstance(x, (bytes, np.bytes_)):
+        return bytes(x).decode("utf-8")
+    return str(x)
+
+
+def _captions(example: Mapping[str, Any]) -> list[str]:
+    return [_text(c) for c in example.get("captions", ())]
+
+
+def _caption_and_spans(example: Mapping[str, Any], slot: int) -> tuple[str, list]:
+    """Caption number `slot` (the prompt caption comes after the `captions`) and its phrase spans."""
+    caps = _captions(example)
+    raw = _text(example.get("spans_json", b"")) or "{}"
+    try:
+        spans = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"example {_text(example.get('file_path', '?'))}: bad spans_json ({e})") from None
+    if slot < len(caps):
+        per_caption = spans.get("captions", [])
+        return caps[slot], (per_caption[slot] if slot < len(per_caption) else [])
+    return _text(example.get("prompt_caption", b"")), spans.get("prompt_caption", [])
+
+
+def _num_captions(example: Mapping[str, Any]) -> int:
+    return len(_captions(example)) + (1 if _text(example.get("prompt_caption", b"")) else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Caption index: which (image, caption slot) pairs exist
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class CaptionIndex:
+    """All image-caption pairs of a source: pair p = caption `slot[p]` of image `image[p]`."""
+    image: np.ndarray       # (P,) int64 index into the source
+    slot: np.ndarray        # (P,) int32 caption number (prompt caption last)
+    image_ids: np.ndarray   # (N,) int64 person id of each image
+
+    @classmethod
+    def build(cls, source: Sequence[Mapping[str, Any]], chunk: int = 256) -> "CaptionIndex":
+        """Scan the source once (batched reads where the source supports `__getitems__`)."""
+        n = len(source)
+        counts = np.zeros(n, np.int64)
+        ids = np.zeros(n, np.int64)
+        for lo in range(0, n, chunk):
+            idx = list(range(lo, min(n, lo + chunk)))
+            exs = source.__getitems__(idx) if hasattr(source, "__getitems__") else [source[i] for i in idx]
+            for i, ex in zip(idx, exs):
+                counts[i] = _num_captions(ex)
+                ids[i] = int(ex["id"])
+        if n and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"person ids must fit in int32 and be >= 0; got range [{ids.min()}, {ids.max()}]")
+        image = np.repeat(np.arange(n, dtype=np.int64), counts)
+        starts = np.cumsum(counts) - counts
+        slot = (np.arange(len(image)) - np.repeat(starts, counts)).astype(np.int32)
+        return cls(image=image, slot=slot, image_ids=ids)
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def save(self, path: str) -> None:
+        np.savez(path, image=self.image, slot=self.slot, image_ids=self.image_ids)
+
+    @classmethod
+    def load(cls, path: str) -> "CaptionIndex":
+        with np.load(path) as z:
+            return cls(image=z["image"], slot=z["slot"], image_ids=z["image_ids"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-epoch orders (samplers). Each maps (epoch, position) -> pair index, deterministically.
+# ---------------------------------------------------------------------------------------------
+class _CaptionOrder:
+    """Global shuffle of all pairs, a new permutation per epoch (grain's O(1) index_shuffle)."""
+
+    def __init__(self, num_pairs: int, seed: int):
+        self.num_pairs, self.seed = num_pairs, seed
+
+    def __call__(self, epoch: int, pos: int) -> int:
+        return grain.experimental.index_shuffle(pos, max_index=self.num_pairs - 1,
+                                                seed=(self.seed + epoch) % 2**32, rounds=4)
+
+
+class _IdentityOrder:
+    """P identities x K pairs per global batch; pairs of an identity cycle over its images first."""
+
+    def __init__(self, index: CaptionIndex, p: int, k: int, epoch_length: int, seed: int):
+        self.p, self.k, self.epoch_length, self.seed = p, k, epoch_length, seed
+        pair_ids = index.image_ids[index.image]
+        order = np.argsort(pair_ids, kind="stable")
+        uniq, starts = np.unique(pair_ids[order], return_index=True)
+        if len(uniq) < p:
+            raise ValueError(f"identity sampler needs at least P={p} identities; the source has {len(uniq)}")
+        self._pairs_by_id = np.split(order, starts[1:])
+        self._image = index.image
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": {}}
+
+    def _groups(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
+        """Per identity, its pairs split into groups of K (round-robin over its shuffled images)."""
+        out = []
+        for pairs in self._pairs_by_id:
+            pairs = rng.permutation(pairs)
+            imgs = self._image[pairs]
+            by_image = np.argsort(imgs, kind="stable")
+            sorted_imgs = imgs[by_image]
+            first = np.flatnonzero(np.r_[True, sorted_imgs[1:] != sorted_imgs[:-1]])
+            rank = np.empty(len(pairs), np.int64)  # caption round of each pair within its image
+            rank[by_image] = np.arange(len(pairs)) - np.repeat(first, np.diff(np.r_[first, len(pairs)]))
+            pairs = pairs[np.argsort(rank, kind="stable")]
+            pad = (-len(pairs)) % self.k
+            if pad:
+                pairs = np.concatenate([pairs, rng.choice(pairs, pad)])
+            out.append(list(pairs.reshape(-1, self.k)))
+        return out
+
+    def _build(self, epoch: int) -> np.ndarray:
+        batches: list[np.ndarray] = []
+        need = self.epoch_length // (self.p * self.k)
+        rnd = 0
+        while len(batches) < need:
+            rng = np.random.default_rng((self.seed, epoch, rnd))
+            groups = self._groups(rng)
+            max_rounds = max(len(g) for g in groups)
+            for r in range(max_rounds):  # round r: the r-th group of each identity, distinct ids
+                ids = rng.permutation([i for i, g in enumerate(groups) if len(g) > r])
+                for b in range(len(ids) // self.p):
+                    batches.append(np.concatenate([groups[i][r] for i in ids[b * self.p:(b + 1) * self.p]]))
+            rnd += 1
+        rng = np.random.default_rng((self.seed, epoch, 2**31))  # distinct from the round streams
+        chosen = [batches[i] for i in np.sort(rng.permutation(len(batches))[:need])]
+        return np.concatenate(chosen)
+
+    def __call__(self, epoch: int, pos: int) -> int:
+        if epoch not in self._cache:
+            if len(self._cache) >= 2:
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = self._build(epoch)
+        return int(self._cache[epoch][pos])
+
+
+# ---------------------------------------------------------------------------------------------
+# Element function
+# ---------------------------------------------------------------------------------------------
+class _MakeExample:
+    """Global index g -> one training example (decode, resize, augment, tokenize, mask)."""
+
+    def __init__(self, source, index: CaptionIndex, order, tokenizer, cfg: DataConfig,
+                 epoch_length: int, total_epochs: int, seed: int):
+        self.source, self.index, self.order, self.tokenizer = source, index, order, tokenizer
+        self.cfg, self.aug = cfg, cfg.augment_config()
+        self.epoch_length, self.total_epochs, self.seed = epoch_length, total_epochs, seed
+
+    def __call__(self, g: int) -> dict[str, np.ndarray]:
+        g = int(g)
+        cfg = self.cfg
+        epoch, pos = divmod(g, self.epoch_length)
+        pair = self.order(epoch, pos)
+        example = self.source[int(self.index.image[pair])]
+        rng = np.random.default_rng((self.seed, g))
+
+        image = transforms.decode_image(example["image"], size_hint=cfg.image_size)
+        image = transforms.augment(transforms.resize(image, cfg.image_size), rng, self.aug)
+
+        caption, spans = _caption_and_spans(example, int(self.index.slot[pair]))
+        enc = self.tokenizer.encode_with_offsets([caption], max_length=cfg.max_length)
+        ratio = masking.mask_ratio(epoch, self.total_epochs, cfg.mask_lower, cfg.mask_upper, cfg.mask_schedule)
+        masked, positions, labels, weights = masking.mask_phrases(
+            enc["input_ids"][0], enc["offsets"][0], spans, ratio, rng,
+            self.tokenizer.mask_token_id, cfg.max_masked)
+        return {"image": image, "input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0],
+                "masked_input_ids": masked, "mlm_positions": positions, "mlm_labels": labels,
+                "mlm_weights": weights, "id": np.int32(self.index.image_ids[self.index.image[pair]])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """The training stream of this process, plus the sizes the training loop needs.
+
+    `iterator()` returns a grain DatasetIterator with get_state/set_state; the loop checkpoints it with
+    `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)` inside its Orbax composite.
+    """
+    dataset: grain.IterDataset
+    steps_per_epoch: int
+    total_epochs: int
+    global_batch_size: int
+    local_batch_size: int
+    num_pairs: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.total_epochs
+
+    def iterator(self) -> grain.DatasetIterator:
+        return iter(self.dataset)
+
+
+def _validate(cfg: DataConfig, process_index: int, process_count: int) -> tuple[int, int, int]:
+    """Check the config and return (local batch, P, K)."""
+    if cfg.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {cfg.sampler!r}; choose one of {SAMPLERS}")
+    if process_count <= 0 or not 0 <= process_index < process_count:
+        raise ValueError(f"bad process_index/process_count: {process_index}/{process_count}")
+    if cfg.batch_size <= 0 or cfg.batch_size % process_count:
+        raise ValueError(f"global batch_size {cfg.batch_size} must be positive and divisible by the "
+                         f"process count {process_count}")
+    if cfg.workers < 0 or cfg.read_threads < 0:
+        raise ValueError(f"workers and read_threads must be >= 0; got {cfg.workers}, {cfg.read_threads}")
+    masking.mask_ratio(0, 1, cfg.mask_lower, cfg.mask_upper, cfg.mask_schedule)  # validates schedule
+    p, k = cfg.p_identities, cfg.k_images
+    if cfg.sampler == "identity":
+        if k <= 0:
+            raise ValueError(f"k_images must be positive; got {k}")
+        p = p or cfg.batch_size // k
+        if p * k != cfg.batch_size:
+            raise ValueError(f"identity sampler: p_identities*k_images = {p}*{k} must equal batch_size "
+                             f"{cfg.batch_size}")
+    return cfg.batch_size // process_count, p, k
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's mp_prefetch reads an absl flag; outside `app.run` (tests, notebooks) flags are unparsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_dataset(source: Sequence[Mapping[str, Any]], tokenizer, cfg: DataConfig | Mapping[str, Any],
+                       *, seed: int, total_epochs: int, process_index: int = 0, process_count: int = 1,
+                       caption_index: CaptionIndex | None = None) -> TrainData:
+    """Build this process's batched training stream over `total_epochs` epochs of image-caption pairs.
+
+    `source` is a random-access Sequence of examples in the docs/contracts.md format (e.g.
+    `tfds.data_source(...)`; pass `decoders={'image': tfds.decode.SkipDecoding()}` there to let the
+    pipeline decode JPEGs in draft mode). `caption_index` skips the one-off scan of the source.
+    Batches are dicts with exactly the keys/dtypes of `synthetic.batch_spec(local_batch_size, ...)`.
+    """
+    cfg = DataConfig.from_any(cfg)
+    local_bs, p, k = _validate(cfg, process_index, process_count)
+    if total_epochs <= 0:
+        raise ValueError(f"total_epochs must be positive; got {total_epochs}")
+    index = caption_index if caption_index is not None else CaptionIndex.build(source)
+    steps = len(index) // cfg.batch_size
+    if steps == 0:
+        raise ValueError(f"the source has {len(index)} image-caption pairs, fewer than one global batch "
+                         f"({cfg.batch_size})")
+    epoch_length = steps * cfg.batch_size
+    order = (_IdentityOrder(index, p, k, epoch_length, seed) if cfg.sampler == "identity"
+             else _CaptionOrder(len(index), seed))
+    make = _MakeExample(source, index, order, tokenizer, cfg, epoch_length, total_epochs, seed)
+
+    ds = (grain.MapDataset.range(total_epochs * epoch_length)[process_index::process_count]
+          .map(make)
+          .batch(local_bs, drop_remainder=True))
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                                 prefetch_buffer_size=max(1, cfg.read_threads)))
+    if cfg.workers > 0:
+        _ensure_absl_flags_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
+    return TrainData(dataset=it_ds, steps_per_epoch=steps, total_epochs=total_epochs,
+                     global_batch_size=cfg.batch_size, local_batch_size=local_bs, num_pairs=len(index))
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], sharding) -> dict[str, Any]:
+    """Assemble per-process numpy batches into global jax.Arrays (`sharding`: one, or one per key)."""
+    import jax  # lazy: keeps grain worker processes light
+
+    out = {}
+    for key, x in local_batch.items():
+        sh = sharding[key] if isinstance(sharding, Mapping) else sharding
+        try:
+            out[key] = jax.make_array_from_process_local_data(sh, np.asarray(x))
+        except ValueError as e:
+            raise ValueError(f"cannot shard batch key {key!r} with local shape {np.shape(x)} over {sh}: {e}. "
+                             f"The global batch must be divisible by the number of devices it is sharded "
+                             f"over ({jax.device_count()} devices).") from None
+    return out
+
+
+def load_eval_split(source: Sequence[Mapping[str, Any]], tokenizer, image_size: tuple[int, int],
+                    max_items: int | None = None, include_prompt: bool = False,
+                    max_length: int | None = None) -> dict[str, Any]:
+    """Load a retrieval/Re-ID/attribute eval split: gallery = every image, query = every caption.
+
+    Returns images uint8 (N,H,W,3), image_ids (N,), captions list[str], input_ids/attention_mask
+    (M,L) int32, caption_ids (M,), caption_image_index (M,) (which image a caption came from),
+    file_paths list[str], camera_ids (N,), attribute_labels (N,K) int8. The prompt caption joins the
+    queries only with `include_prompt` (human-written captions are the benchmark protocol).
+    """
+    n = len(source) if max_items is None else min(len(source), int(max_items))
+    if n == 0:
+        raise ValueError("eval split is empty")
+    images, ids, paths, cams, attrs = [], [], [], [], []
+    captions, cap_ids, cap_img = [], [], []
+    for i in range(n):
+        ex = source[i]
+        images.append(transforms.resize(transforms.decode_image(ex["image"], size_hint=image_size), image_size))
+        ids.append(int(ex["id"]))
+        paths.append(_text(ex.get("file_path", b"")))
+        cams.append(int(ex.get("camera_id", -1)))
+        attrs.append(np.asarray(ex.get("attribute_labels", np.zeros(0, np.int8)), np.int8))
+        caps = _captions(ex)
+        prompt = _text(ex.get("prompt_caption", b""))
+        if include_prompt and prompt:
+            caps.append(prompt)
+        captions += caps
+        cap_ids += [ids[-1]] * len(caps)
+        cap_img += [i] * len(caps)
+    if len({a.shape for a in attrs}) > 1:
+        raise ValueError(f"attribute_labels have differing shapes {sorted({a.shape for a in attrs})}")
+    tok = tokenizer(captions, max_length=max_length) if captions else {
+        "input_ids": np.zeros((0, max_length or tokenizer.max_length), np.int32),
+        "attention_mask": np.zeros((0, max_length or tokenizer.max_length), np.int32)}
+    return {"images": np.stack(images), "image_ids": np.asarray(ids, np.int64), "captions": captions,
+            "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
+            "caption_ids": np.asarray(cap_ids, np.int64), "caption_image_index": np.asarray(cap_img, np.int64),
+            "file_paths": paths, "camera_ids": np.asarray(cams, np.int64), "attribute_labels": np.stack(attrs)}
+
+
+__all__ = ["DataConfig", "CaptionIndex", "TrainData", "make_train_dataset", "global_batch",
+           "load_eval_split", "BATCH_KEYS", "SAMPLERS"]
