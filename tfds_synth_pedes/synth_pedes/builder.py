@@ -1,0 +1,134 @@
+"""TFDS builder `synth_pedes`: config `full` (the released SYNTH-PEDES) and `procedural` (rendered).
+
+`procedural` renders the released layout into the download dir, then runs exactly the `full`
+ingest on it (DESIGN 6). Splits: `train`, and held-out identities `val` / `test` chosen by a
+stable hash of the id (sizes configurable), for zero-shot monitoring and model selection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from tfds_synth_pedes import ingest
+from tfds_synth_pedes.manual_builder import ManualCaptionBuilder
+from tfds_synth_pedes.synth_pedes import procedural
+
+_INSTRUCTIONS = """\
+SYNTH-PEDES (PLIP, NeurIPS 2024) is distributed by its authors, not downloadable by TFDS.
+Get it from https://github.com/Zplusdragon/PLIP (README, "SYNTH-PEDES": Baidu Yun / Baidu pan
+link and extraction code), extract every part, and arrange the manual dir as
+  <manual_dir>/synthpedes_dataset.json
+  <manual_dir>/Part1/ ... <manual_dir>/Part11/
+(or the same inside <manual_dir>/SYNTH-PEDES/). Then run
+  python -m tfds_synth_pedes.build synth_pedes --config full --data_dir D --manual_dir <manual_dir>
+No download needed for the rendered stand-in: --config procedural.
+"""
+
+
+@dataclasses.dataclass(eq=False)
+class SynthPedesConfig(tfds.core.BuilderConfig):
+    """`procedural` renders; held-out val/test identity counts apply to both configs."""
+
+    procedural: bool = False
+    num_identities: int = 2400
+    images_per_identity: int = 8
+    image_height: int = 128
+    image_width: int = 64
+    seed: int = 0
+    num_cameras: int = 6
+    num_val_ids: int = 200
+    num_test_ids: int = 200
+
+
+# Parameter -> short tag used in the name of a non-default config.
+_TAGS = {
+    "num_identities": "n", "images_per_identity": "k", "image_height": "h", "image_width": "w",
+    "seed": "s", "num_cameras": "c", "num_val_ids": "v", "num_test_ids": "t",
+}
+_PROCEDURAL_ONLY = ("num_identities", "images_per_identity", "image_height", "image_width", "seed", "num_cameras")
+_DEFAULTS = SynthPedesConfig(name="defaults")
+
+
+def make_config(base: str, **params: Any) -> SynthPedesConfig:
+    """The config `base` ('full'|'procedural') with `params`; a non-default one gets a unique name."""
+    if base not in ("full", "procedural"):
+        raise ingest.DatasetError(f"synth_pedes has configs 'full' and 'procedural', not {base!r}")
+    if "image_size" in params:
+        size = params.pop("image_size")
+        if not (isinstance(size, Sequence) and len(size) == 2):
+            raise ingest.DatasetError(f"image_size must be (height, width), got {size!r}")
+        params["image_height"], params["image_width"] = size
+    allowed = tuple(_TAGS) if base == "procedural" else ("num_val_ids", "num_test_ids")
+    for key, value in params.items():
+        if key not in allowed:
+            hint = " (procedural only)" if key in _PROCEDURAL_ONLY else ""
+            raise ingest.DatasetError(f"unknown parameter {key!r}{hint} for synth_pedes/{base}; allowed: {allowed}")
+        minimum = 0 if key in ("seed", "num_val_ids", "num_test_ids") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ingest.DatasetError(f"parameter {key} must be an integer >= {minimum}, got {value!r}")
+    changed = {k: v for k, v in params.items() if v != getattr(_DEFAULTS, k)}
+    name = base + "".join(f"_{_TAGS[k]}{changed[k]}" for k in _TAGS if k in changed)
+    return SynthPedesConfig(name=name, procedural=base == "procedural", description=f"{base} {changed or 'defaults'}", **params)
+
+
+def heldout_ids(ids: Sequence[int], num_val: int, num_test: int) -> tuple[set[int], set[int]]:
+    """(val ids, test ids): the identities with the smallest stable hash; the rest train."""
+    unique = sorted(set(ids), key=lambda i: hashlib.sha256(f"synth_pedes/{i}".encode()).digest())
+    if len(unique) <= num_val + num_test:
+        raise ingest.DatasetError(
+            f"the dataset has {len(unique)} identities, too few for {num_val} val + {num_test} test held-out "
+            "identities; lower num_val_ids/num_test_ids"
+        )
+    return set(unique[num_test : num_test + num_val]), set(unique[:num_test])
+
+
+class SynthPedes(ManualCaptionBuilder):
+    """SYNTH-PEDES (released layout) and its procedural stand-in."""
+
+    BUILDER_CONFIGS = [
+        SynthPedesConfig(name="procedural", procedural=True, description="Rendered pedestrians, SPAC-style captions."),
+        SynthPedesConfig(name="full", description="The released SYNTH-PEDES (manual download)."),
+    ]
+    DEFAULT_CONFIG_NAME = "procedural"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
+    HOMEPAGE = "https://github.com/Zplusdragon/PLIP"
+    ANNOTATION_FILES = (procedural.ANNOTATION_FILE,)
+    DATASET_FOLDERS = ("SYNTH-PEDES",)
+    IMAGE_SUBDIR = "."
+    SCHEMA = ingest.Schema(synth=True)
+
+    def _render(self, dl_manager: tfds.download.DownloadManager) -> Path:
+        cfg = self.builder_config
+        out = Path(dl_manager.download_dir) / "synth_pedes_procedural" / cfg.name
+        total = cfg.num_identities * cfg.images_per_identity
+        with tqdm(total=total, desc="Rendering procedural SYNTH-PEDES", unit=" images", file=sys.stderr) as bar:
+            procedural.write_layout(
+                out,
+                num_identities=cfg.num_identities,
+                images_per_identity=cfg.images_per_identity,
+                image_height=cfg.image_height,
+                image_width=cfg.image_width,
+                seed=cfg.seed,
+                num_cameras=cfg.num_cameras,
+                progress=bar.update,
+            )
+        return out
+
+    def _data_root(self, dl_manager: tfds.download.DownloadManager) -> Path:
+        return self._render(dl_manager) if self.builder_config.procedural else self._manual_root(dl_manager)
+
+    def _assign_splits(self, entries: Sequence[ingest.Entry]) -> dict[str, list[ingest.Entry]]:
+        cfg = self.builder_config
+        val, test = heldout_ids([e.id for e in entries], cfg.num_val_ids, cfg.num_test_ids)
+        out: dict[str, list[ingest.Entry]] = {"train": [], "val": [], "test": []}
+        for e in entries:
+            out["test" if e.id in test else "val" if e.id in val else "train"].append(e)
+        return {k: v for k, v in out.items() if v}
