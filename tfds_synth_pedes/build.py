@@ -45,7 +45,7 @@ def get_builder(
     if cls is SynthPedes:
         kwargs["config"] = make_config(config or SynthPedes.DEFAULT_CONFIG_NAME, **params)
     else:
-        if config not in (None, "default"):
+        if config not in (None, "", "default", "full"):  # one config; 'full' accepted for uniform configs
             raise DatasetError(f"{name} has no configs (got --config {config!r})")
         if params:
             raise DatasetError(f"{name} takes no parameters (got {sorted(params)})")
