@@ -263,3 +263,37 @@ def test_host_transforms():
     assert (erased == 91).any() and erased.shape == (32, 16, 3)
     with pytest.raises(ValueError, match="uint8"):
         transforms.decode_image(np.zeros((4, 4, 3), np.float32))
+
+
+# --- the real TFDS path (tfds_synth_pedes procedural builder), skipped where it is not available ----
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    build = pytest.importorskip("tfds_synth_pedes.build")
+    d = tmp_path_factory.mktemp("tfds")
+    build.build("synth_pedes", "procedural", d, **TFDS_PARAMS)
+    return d
+
+
+TFDS_PARAMS = dict(num_identities=8, images_per_identity=2, num_val_ids=2, num_test_ids=2, image_size=(32, 16))
+
+
+@pytest.mark.parametrize("skip_decoding", [False, True])
+def test_tfds_procedural_source_through_pipeline(tok, tfds_dir, skip_decoding):
+    import tensorflow_datasets as tfds
+    from tfds_synth_pedes import build
+
+    builder = build.get_builder("synth_pedes", "procedural", tfds_dir, **TFDS_PARAMS)
+    decoders = {"image": tfds.decode.SkipDecoding()} if skip_decoding else None
+    src = builder.as_data_source("train", decoders=decoders)
+    data = pipeline.make_train_dataset(src, tok, cfg(), seed=0, total_epochs=1)
+    assert data.num_pairs >= 3 * len(src)  # >= 2 captions + the prompt caption per image
+    batches = list(data.iterator())
+    assert len(batches) == data.steps_per_epoch
+    spec = synthetic.batch_spec(4, IMAGE_SIZE, 64, 8)
+    for k, (shape, dtype) in spec.items():
+        assert batches[0][k].shape == shape and batches[0][k].dtype == dtype, k
+    assert sum(b["mlm_weights"].sum() for b in batches) > 0  # its spans produce masked phrases
+    ev = pipeline.load_eval_split(build.data_source("synth_pedes", "procedural", "test", tfds_dir, **TFDS_PARAMS),
+                                  tok, IMAGE_SIZE)
+    assert ev["images"].shape[1:] == (*IMAGE_SIZE, 3) and len(set(ev["image_ids"].tolist())) == 2
+    assert len(ev["captions"]) == len(ev["caption_ids"]) >= 2 * len(ev["image_ids"])

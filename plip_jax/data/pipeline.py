@@ -240,8 +240,7 @@ class _MakeExample:
         example = self.source[int(self.index.image[pair])]
         rng = np.random.default_rng((self.seed, g))
 
-        image = transforms.decode_image(example["image"], size_hint=cfg.image_size)
-        image = transforms.augment(transforms.resize(image, cfg.image_size), rng, self.aug)
+        image = transforms.load_train_image(example["image"], cfg.image_size, rng, self.aug)
 
         caption, spans = _caption_and_spans(example, int(self.index.slot[pair]))
         enc = self.tokenizer.encode_with_offsets([caption], max_length=cfg.max_length)

@@ -60,9 +60,14 @@ def resize(image: np.ndarray | Image.Image, size: tuple[int, int]) -> np.ndarray
     return np.asarray(img, dtype=np.uint8)
 
 
-def random_flip(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
-    """Horizontal flip with probability p (torchvision RandomHorizontalFlip)."""
-    return image[:, ::-1] if rng.random() < p else image
+def random_flip(image: np.ndarray | Image.Image, rng: np.random.Generator, p: float = 0.5
+                ) -> np.ndarray | Image.Image:
+    """Horizontal flip with probability p (torchvision RandomHorizontalFlip); numpy flips are views."""
+    if rng.random() >= p:
+        return image
+    if isinstance(image, Image.Image):
+        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image[:, ::-1]
 
 
 def pad_crop(image: np.ndarray, rng: np.random.Generator, pad: int = 10) -> np.ndarray:
@@ -104,15 +109,31 @@ class AugmentConfig:
     random_erasing: bool = False
 
 
-def augment(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Apply the enabled augmentations in torchvision order: flip, pad-crop, erase."""
+def augment(image: np.ndarray | Image.Image, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Apply the enabled augmentations in torchvision order: flip, pad-crop, erase; returns uint8 (H,W,3).
+
+    The flip runs in PIL when given a PIL image, so the only pixel copy is the final PIL->numpy one
+    (batching copies again anyway, so numpy results may be views).
+    """
     if cfg.flip:
         image = random_flip(image, rng)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image, dtype=np.uint8)
     if cfg.pad_crop:
         image = pad_crop(image, rng)
     if cfg.random_erasing:
         image = random_erasing(image, rng)
-    return np.ascontiguousarray(image)
+    return image
+
+
+def load_train_image(data: Any, size: tuple[int, int], rng: np.random.Generator, cfg: AugmentConfig
+                     ) -> np.ndarray:
+    """Hot path of the training pipeline: decode -> bicubic resize -> augment, in PIL where possible."""
+    img = decode_image(data, size_hint=size)
+    h, w = int(size[0]), int(size[1])
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BICUBIC)
+    return augment(img, rng, cfg)
 
 
 # --------------------------------------------------------------------------------------------
