@@ -43,7 +43,9 @@ def get_builder(
     cls = BUILDERS[name]
     kwargs: dict[str, Any] = dict(data_dir=os.fspath(data_dir), file_format="array_record", skip_bad=skip_bad)
     if cls is SynthPedes:
-        kwargs["config"] = make_config(config or SynthPedes.DEFAULT_CONFIG_NAME, **params)
+        cfg = make_config(config or SynthPedes.DEFAULT_CONFIG_NAME, **params)
+        registered = {c.name for c in SynthPedes.BUILDER_CONFIGS}
+        kwargs["config"] = cfg.name if cfg.name in registered else cfg  # TFDS wants registered ones by name
     else:
         if config not in (None, "", "default", "full"):  # one config; 'full' accepted for uniform configs
             raise DatasetError(f"{name} has no configs (got --config {config!r})")

@@ -120,7 +120,7 @@ def check_image_file(path: Path) -> None:
         with Image.open(path) as img:
             fmt = img.format
     except Exception:  # noqa: BLE001 - PIL raises many types for non-images
-        raise ValueError("not an image file (PIL cannot identify it)") from None
+        raise ValueError("not an image file, or truncated before its header (PIL cannot identify it)") from None
     if fmt in ("JPEG", "PNG"):
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - 1024))
