@@ -165,9 +165,9 @@ def main(argv=None) -> dict:
     if src is None:
         src = in_memory_source(num_images)
     t0 = time.perf_counter()
-    index = pipeline.CaptionIndex.build(src)
+    index = pipeline.CaptionIndex.build(pipeline.train_fields_view(src))
     index_s = time.perf_counter() - t0
-    stages = stage_breakdown(src, tok, 50 if args.smoke else 300)
+    stages = stage_breakdown(pipeline.train_fields_view(src), tok, 50 if args.smoke else 300)
 
     rows = []
     for w in sorted({0, args.workers}):

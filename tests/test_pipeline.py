@@ -285,6 +285,14 @@ def test_tfds_procedural_source_through_pipeline(tok, tfds_dir, skip_decoding):
     builder = build.get_builder("synth_pedes", "procedural", tfds_dir, **TFDS_PARAMS)
     decoders = {"image": tfds.decode.SkipDecoding()} if skip_decoding else None
     src = builder.as_data_source("train", decoders=decoders)
+    view = pipeline.train_fields_view(src)
+    assert isinstance(view, pipeline.TrainFieldsView)  # the fast proto path applies to our builder
+    for i in (0, len(src) - 1):
+        ref, fast = src[i], view[i]
+        assert fast["id"] == ref["id"] and fast["captions"] == list(ref["captions"])
+        assert fast["prompt_caption"] == ref["prompt_caption"] and fast["spans_json"] == ref["spans_json"]
+        np.testing.assert_array_equal(np.asarray(transforms.decode_image(fast["image"])),
+                                      np.asarray(transforms.decode_image(ref["image"])))
     data = pipeline.make_train_dataset(src, tok, cfg(), seed=0, total_epochs=1)
     assert data.num_pairs >= 3 * len(src)  # >= 2 captions + the prompt caption per image
     batches = list(data.iterator())
@@ -293,6 +301,9 @@ def test_tfds_procedural_source_through_pipeline(tok, tfds_dir, skip_decoding):
     for k, (shape, dtype) in spec.items():
         assert batches[0][k].shape == shape and batches[0][k].dtype == dtype, k
     assert sum(b["mlm_weights"].sum() for b in batches) > 0  # its spans produce masked phrases
+    slow = list(pipeline.make_train_dataset(src, tok, cfg(), seed=0, total_epochs=1, fast_read=False).iterator())
+    for a, b in zip(batches, slow):
+        assert_batches_equal(a, b)  # fast proto reads change nothing
     ev = pipeline.load_eval_split(build.data_source("synth_pedes", "procedural", "test", tfds_dir, **TFDS_PARAMS),
                                   tok, IMAGE_SIZE)
     assert ev["images"].shape[1:] == (*IMAGE_SIZE, 3) and len(set(ev["image_ids"].tolist())) == 2

@@ -106,6 +106,68 @@ def _num_captions(example: Mapping[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# Fast reads of TFDS array_record sources
+# ---------------------------------------------------------------------------------------------
+_TRAIN_FIELDS = ("image", "id", "captions", "prompt_caption", "spans_json")
+
+
+def _example_proto_module():
+    try:
+        from tensorflow_datasets.core.example_parser import tf_example_pb2
+    except ImportError:  # pragma: no cover - depends on the tfds version
+        return None
+    return tf_example_pb2
+
+
+class TrainFieldsView(Sequence):
+    """A TFDS array_record source read as raw tf.train.Example protos, parsing only training fields.
+
+    tfds' generic NumPy deserialisation costs ~0.6 ms/example in Python (all 14 features, nested dicts);
+    parsing the 5 fields training needs with protobuf (upb) costs ~0.04 ms. Images stay encoded bytes
+    (decoded later in draft mode). Build one with `train_fields_view(source)`.
+    """
+
+    def __init__(self, records: Sequence[bytes]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @staticmethod
+    def parse(raw: bytes) -> dict[str, Any]:
+        feats = _example_proto_module().Example.FromString(raw).features.feature
+        return {"image": feats["image"].bytes_list.value[0], "id": feats["id"].int64_list.value[0],
+                "captions": list(feats["captions"].bytes_list.value),
+                "prompt_caption": feats["prompt_caption"].bytes_list.value[0],
+                "spans_json": feats["spans_json"].bytes_list.value[0]}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.parse(self.records[i])
+
+    def __getitems__(self, idx: Sequence[int]) -> list[dict[str, Any]]:
+        recs = self.records.__getitems__(idx) if hasattr(self.records, "__getitems__") else [self.records[i] for i in idx]
+        return [self.parse(r) for r in recs]
+
+
+def train_fields_view(source: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """`TrainFieldsView` over a tfds array_record data source with our features; else `source` unchanged."""
+    records = getattr(source, "data_source", None)
+    info = getattr(source, "dataset_info", None)
+    features = getattr(info, "features", None)
+    if records is None or features is None or _example_proto_module() is None:
+        return source
+    if not set(_TRAIN_FIELDS) <= set(features.keys()):
+        return source
+    try:
+        view = TrainFieldsView(records)
+        if len(view):
+            view[0]
+    except Exception:  # any layout surprise: keep tfds' own (slower) decoding
+        return source
+    return view
+
+
+# ---------------------------------------------------------------------------------------------
 # Caption index: which (image, caption slot) pairs exist
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -311,16 +373,18 @@ def _ensure_absl_flags_parsed() -> None:
 
 def make_train_dataset(source: Sequence[Mapping[str, Any]], tokenizer, cfg: DataConfig | Mapping[str, Any],
                        *, seed: int, total_epochs: int, process_index: int = 0, process_count: int = 1,
-                       caption_index: CaptionIndex | None = None) -> TrainData:
+                       caption_index: CaptionIndex | None = None, fast_read: bool = True) -> TrainData:
     """Build this process's batched training stream over `total_epochs` epochs of image-caption pairs.
 
     `source` is a random-access Sequence of examples in the docs/contracts.md format (e.g.
     `tfds.data_source(...)`; pass `decoders={'image': tfds.decode.SkipDecoding()}` there to let the
     pipeline decode JPEGs in draft mode). `caption_index` skips the one-off scan of the source.
+    `fast_read` parses only the training fields of tfds array_record records (`TrainFieldsView`).
     Batches are dicts with exactly the keys/dtypes of `synthetic.batch_spec(local_batch_size, ...)`.
     """
     cfg = DataConfig.from_any(cfg)
     local_bs, p, k = _validate(cfg, process_index, process_count)
+    source = train_fields_view(source) if fast_read else source
     if total_epochs <= 0:
         raise ValueError(f"total_epochs must be positive; got {total_epochs}")
     index = caption_index if caption_index is not None else CaptionIndex.build(source)
@@ -401,5 +465,5 @@ def load_eval_split(source: Sequence[Mapping[str, Any]], tokenizer, image_size: 
             "file_paths": paths, "camera_ids": np.asarray(cams, np.int64), "attribute_labels": np.stack(attrs)}
 
 
-__all__ = ["DataConfig", "CaptionIndex", "TrainData", "make_train_dataset", "global_batch",
-           "load_eval_split", "BATCH_KEYS", "SAMPLERS"]
+__all__ = ["DataConfig", "CaptionIndex", "TrainData", "TrainFieldsView", "train_fields_view",
+           "make_train_dataset", "global_batch", "load_eval_split", "BATCH_KEYS", "SAMPLERS"]
