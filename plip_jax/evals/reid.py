@@ -84,6 +84,7 @@ def reid_metrics_from_similarity(
         sl = slice(lo, lo + block_size)
         block = _market_block(sim[sl], index, q_ids[sl], q_cams[sl], g_cams, junk)
         acc.add(*match_ranks(*block, method))
+        del block
     return {**acc.result(), "num_gallery": int(sim.shape[1])}
 
 
@@ -119,4 +120,5 @@ def reid_metrics(
         sl = slice(lo, lo + sim.shape[0])
         block = _market_block(sim, index, q_ids[sl], q_cams[sl], g_cams, junk)
         acc.add(*match_ranks(*block, method))
+        del sim, block  # free this block before the next one is computed
     return {**acc.result(), "num_gallery": int(g.shape[0])}

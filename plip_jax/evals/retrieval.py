@@ -279,6 +279,7 @@ def retrieval_metrics(
     for lo, sim in _similarity_blocks(q, g, int(block_size), normalize):
         cols, present = index.lookup(q_ids[lo : lo + sim.shape[0]])
         acc.add(*match_ranks(sim, cols, present, method))
+        del sim  # else the next block is computed while this one is still referenced
     return {**acc.result(), "num_gallery": int(g.shape[0])}
 
 
@@ -303,6 +304,7 @@ def similarity_topk(
         idx = _topk_rows(sim, k)
         indices[lo : lo + sim.shape[0]] = idx
         scores[lo : lo + sim.shape[0]] = np.take_along_axis(sim, idx, axis=1)
+        del sim  # else the next block is computed while this one is still referenced
     return indices, scores
 
 
