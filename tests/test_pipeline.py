@@ -114,7 +114,7 @@ def test_epoch_covers_every_caption_once(tok, source):
 
 
 def test_resume_from_saved_state_is_bit_exact(tok, source):
-    c = cfg(pad_crop=True, random_erasing=True)
+    c = cfg(pad_crop=True, random_erasing=True, read_threads=2)  # threaded prefetch in the state
     data = pipeline.make_train_dataset(source, tok, c, seed=1, total_epochs=2)
     it = data.iterator()
     take(it, 11)  # cross into epoch 1
@@ -135,7 +135,7 @@ def test_mask_ratio_follows_current_epoch(tok, source):
 
 
 def test_identity_sampler_gives_p_by_k(tok, source):
-    c = cfg(batch_size=6, sampler="identity", p_identities=3, k_images=2)
+    c = cfg(batch_size=6, sampler="identity", p_identities=3, k_images=2, read_threads=2)
     data = pipeline.make_train_dataset(source, tok, c, seed=0, total_epochs=2)
     batches = list(data.iterator())
     assert len(batches) == 2 * (36 // 6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -173,13 +174,14 @@ def train_fields_view(source: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[s
 @dataclasses.dataclass(frozen=True)
 class CaptionIndex:
     """All image-caption pairs of a source: pair p = caption `slot[p]` of image `image[p]`."""
-    image: np.ndarray       # (P,) int64 index into the source
-    slot: np.ndarray        # (P,) int32 caption number (prompt caption last)
+    image: np.ndarray       # (P,) int32 index into the source
+    slot: np.ndarray        # (P,) int16 caption number (prompt caption last)
     image_ids: np.ndarray   # (N,) int64 person id of each image
 
     @classmethod
     def build(cls, source: Sequence[Mapping[str, Any]], chunk: int = 256) -> "CaptionIndex":
-        """Scan the source once (batched reads where the source supports `__getitems__`)."""
+        """Scan the source once (fast proto reads for tfds sources, batched where `__getitems__` exists)."""
+        source = train_fields_view(source)
         n = len(source)
         counts = np.zeros(n, np.int64)
         ids = np.zeros(n, np.int64)
@@ -191,9 +193,12 @@ class CaptionIndex:
                 ids[i] = int(ex["id"])
         if n and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
             raise ValueError(f"person ids must fit in int32 and be >= 0; got range [{ids.min()}, {ids.max()}]")
-        image = np.repeat(np.arange(n, dtype=np.int64), counts)
+        if n > np.iinfo(np.int32).max or (n and counts.max() > np.iinfo(np.int16).max):
+            raise ValueError(f"source too large for the caption index: {n} images, up to {counts.max()} captions")
+        # Compact dtypes: the index is pickled into every grain worker (12M pairs -> 72 MB).
+        image = np.repeat(np.arange(n, dtype=np.int32), counts)
         starts = np.cumsum(counts) - counts
-        slot = (np.arange(len(image)) - np.repeat(starts, counts)).astype(np.int32)
+        slot = (np.arange(len(image)) - np.repeat(starts, counts)).astype(np.int16)
         return cls(image=image, slot=slot, image_ids=ids)
 
     def __len__(self) -> int:
@@ -235,9 +240,13 @@ class _IdentityOrder:
         self._pairs_by_id = np.split(order, starts[1:])
         self._image = index.image
         self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()  # grain read threads share this object
 
     def __getstate__(self):
-        return {**self.__dict__, "_cache": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _cache={}, _lock=threading.Lock())
 
     def _groups(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
         """Per identity, its pairs split into groups of K (round-robin over its shuffled images)."""
@@ -275,11 +284,13 @@ class _IdentityOrder:
         return np.concatenate(chosen)
 
     def __call__(self, epoch: int, pos: int) -> int:
-        if epoch not in self._cache:
-            if len(self._cache) >= 2:
-                self._cache.pop(min(self._cache))
-            self._cache[epoch] = self._build(epoch)
-        return int(self._cache[epoch][pos])
+        with self._lock:
+            if epoch not in self._cache:
+                if len(self._cache) >= 2:
+                    self._cache.pop(min(self._cache))
+                self._cache[epoch] = self._build(epoch)
+            order = self._cache[epoch]
+        return int(order[pos])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,8 +396,8 @@ def make_train_dataset(source: Sequence[Mapping[str, Any]], tokenizer, cfg: Data
     cfg = DataConfig.from_any(cfg)
     local_bs, p, k = _validate(cfg, process_index, process_count)
     source = train_fields_view(source) if fast_read else source
-    if total_epochs <= 0:
-        raise ValueError(f"total_epochs must be positive; got {total_epochs}")
+    if total_epochs <= 0 or seed < 0:
+        raise ValueError(f"total_epochs must be positive and seed >= 0; got {total_epochs}, {seed}")
     index = caption_index if caption_index is not None else CaptionIndex.build(source)
     steps = len(index) // cfg.batch_size
     if steps == 0:
