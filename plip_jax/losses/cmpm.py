@@ -1,0 +1,83 @@
+"""Identity-level cross-modal projection losses: CMPM (IVLC pre-training) and CMPC (fine-tuning).
+
+Both follow the official PyTorch code (Zplusdragon/PLIP ``Downstreams/CMPM-C/loss.py``), not the
+paper's Eq. 4-5: see PLIP_SPEC 2.3 and 3.3. Pure functions, float32 math, jit- and mesh-friendly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _check_pair(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array, what: str) -> None:
+    if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
+        raise ValueError(f"{what}: image_emb and text_emb must both be (B, D), got "
+                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+    if ids.shape != image_emb.shape[:1]:
+        raise ValueError(f"{what}: ids/labels must be (B,) = ({image_emb.shape[0]},), got {tuple(ids.shape)}")
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    # Row L2 normalisation without eps, exactly as the official code.
+    return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+
+def cmpm_loss(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array,
+              eps: float = 1e-8, cosine_logits: bool = False) -> jax.Array:
+    """CMPM loss L_i2t + L_t2i in the official code form (projection logits, L2-normalised targets).
+
+    logits_i2t = v @ unit(t).T (the raw norm acts as a temperature); ``cosine_logits=True`` uses
+    unit(v) @ unit(t).T instead. Target q = mask / mask.norm(dim=1) with torch broadcasting, i.e.
+    q[i, j] = mask[i, j] / ||mask[j, :]||.
+    """
+    _check_pair(image_emb, text_emb, ids, "cmpm_loss")
+    v = image_emb.astype(jnp.float32)
+    t = text_emb.astype(jnp.float32)
+    v_hat, t_hat = _unit(v), _unit(t)
+    if cosine_logits:
+        logits_i2t = jnp.matmul(v_hat, t_hat.T, precision=_HIGHEST)
+        logits_t2i = logits_i2t.T
+    else:
+        logits_i2t = jnp.matmul(v, t_hat.T, precision=_HIGHEST)
+        logits_t2i = jnp.matmul(t, v_hat.T, precision=_HIGHEST)
+    mask = (ids[:, None] == ids[None, :]).astype(jnp.float32)
+    # torch: (B,B) / (B,) broadcasts the row norms over the *columns*.
+    q = mask / jnp.linalg.norm(mask, axis=1)[None, :]
+    log_q = jnp.log(q + eps)
+
+    def one_direction(logits: jax.Array) -> jax.Array:
+        log_p = jax.nn.log_softmax(logits, axis=1)
+        return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=1))
+
+    return one_direction(logits_i2t) + one_direction(logits_t2i)
+
+
+def cmpc_loss(image_emb: jax.Array, text_emb: jax.Array, labels: jax.Array,
+              weight: jax.Array) -> jax.Array:
+    """CMPC loss (fine-tuning, PLIP_SPEC 3.3): identity CE of each modality projected onto the other.
+
+    v_proj = (v . t_hat) t_hat, t_proj = (t . v_hat) v_hat, logits = proj @ (W / ||W||_col);
+    returns CE(v_proj W_n, y) + CE(t_proj W_n, y), each averaged over the batch. ``weight`` is (D, C).
+    """
+    _check_pair(image_emb, text_emb, labels, "cmpc_loss")
+    if weight.ndim != 2 or weight.shape[0] != image_emb.shape[1]:
+        raise ValueError(f"cmpc_loss: weight must be (D={image_emb.shape[1]}, num_classes), "
+                         f"got {tuple(weight.shape)}")
+    v = image_emb.astype(jnp.float32)
+    t = text_emb.astype(jnp.float32)
+    w = weight.astype(jnp.float32)
+    w_n = w / jnp.linalg.norm(w, axis=0, keepdims=True)
+    v_hat, t_hat = _unit(v), _unit(t)
+    v_proj = jnp.sum(v * t_hat, axis=1, keepdims=True) * t_hat
+    t_proj = jnp.sum(t * v_hat, axis=1, keepdims=True) * v_hat
+    labels = labels.astype(jnp.int32)
+
+    def ce(x: jax.Array) -> jax.Array:
+        logits = jnp.matmul(x, w_n, precision=_HIGHEST)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+    return ce(v_proj) + ce(t_proj)
