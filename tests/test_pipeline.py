@@ -208,6 +208,7 @@ def test_config_errors(tok, source):
     with pytest.raises(ValueError, match="divisible by the process count"):
         pipeline.make_train_dataset(source, tok, cfg(batch_size=5), seed=0, total_epochs=1, process_count=2)
     assert pipeline.DataConfig.from_any({"image_size": [8, 4]}).image_size == (8, 4)
+    assert pipeline.DataConfig.from_any({"name": "synth_pedes", "workers": 3}, strict=False).workers == 3
 
 
 def test_global_batch_single_process():

@@ -52,8 +52,9 @@ class DataConfig:
     mask_upper: float = 0.8
 
     @classmethod
-    def from_any(cls, cfg: "DataConfig | Mapping[str, Any] | Any") -> "DataConfig":
-        """Accept a DataConfig, a mapping, or an object with `to_dict()` (e.g. an ml_collections ConfigDict)."""
+    def from_any(cls, cfg: "DataConfig | Mapping[str, Any] | Any", strict: bool = True) -> "DataConfig":
+        """Accept a DataConfig, a mapping, or an object with `to_dict()` (e.g. an ml_collections ConfigDict);
+        `strict=False` ignores unrelated fields (e.g. a whole `config.data` with name/data_dir)."""
         if isinstance(cfg, cls):
             return cfg
         if hasattr(cfg, "to_dict"):
@@ -62,9 +63,9 @@ class DataConfig:
             raise TypeError(f"data config must be a DataConfig or a mapping; got {type(cfg).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - names)
-        if unknown:
+        if unknown and strict:
             raise ValueError(f"unknown data config fields {unknown}; valid fields: {sorted(names)}")
-        kw = dict(cfg)
+        kw = {k: v for k, v in cfg.items() if k in names}
         if "image_size" in kw:
             kw["image_size"] = tuple(int(v) for v in kw["image_size"])
         return cls(**kw)
