@@ -1,0 +1,243 @@
+"""PLIP image encoder: the CLIP-style ModifiedResNet (PLIP_SPEC 1.1) in Flax Linen, NHWC.
+
+Submodule and parameter names mirror the official PyTorch state_dict (``conv1``, ``bn1``,
+``layer1/0/downsample/0``, ``attnpool/q_proj`` ...) so checkpoint conversion is renaming plus
+kernel transposes (PLIP_SPEC 6.3).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Array = jax.Array
+
+# PyTorch's default Conv2d/Linear weight init (kaiming_uniform, a=sqrt(5)) is U(+-1/sqrt(fan_in)).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default Linear bias init, U(+-1/sqrt(fan_in)), as a Flax initializer."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _avg_pool(x: Array, stride: int) -> Array:
+    """AvgPool2d(stride) on NHWC: kernel = stride, no padding, floor (PyTorch semantics)."""
+    if stride == 1:
+        return x
+    return nn.avg_pool(x, (stride, stride), strides=(stride, stride), padding="VALID")
+
+
+def _conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1) -> nn.Conv:
+    """Bias-free conv with PyTorch's symmetric padding kernel//2 (Flax 'SAME' differs at stride 2)."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=torch_default_kernel_init,
+        name=name,
+    )
+
+
+def _bn(train: bool, dtype: Dtype, name: str, zero_scale: bool = False) -> nn.BatchNorm:
+    """BatchNorm matching PyTorch (momentum 0.1 == Flax 0.9, eps 1e-5); stats in 'batch_stats'."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+        name=name,
+    )
+
+
+class Downsample(nn.Module):
+    """Shortcut of block 0: AvgPool(stride) then 1x1 conv ('0') + BN ('1'), as nn.Sequential."""
+
+    features: int
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        x = _avg_pool(x, self.stride)
+        x = _conv(self.features, 1, self.dtype, "0")(x)
+        return _bn(train, self.dtype, "1")(x)
+
+
+class Bottleneck(nn.Module):
+    """Anti-aliased bottleneck (expansion 4): the stride is an AvgPool after conv2, never a conv stride."""
+
+    planes: int
+    stride: int = 1
+    expansion: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        out_features = self.planes * self.expansion
+        out = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self.planes, 1, self.dtype, "conv1")(x)))
+        out = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self.planes, 3, self.dtype, "conv2")(out)))
+        out = _avg_pool(out, self.stride)
+        out = _bn(train, self.dtype, "bn3", zero_scale=True)(_conv(out_features, 1, self.dtype, "conv3")(out))
+        identity = x
+        if self.stride > 1 or x.shape[-1] != out_features:
+            identity = Downsample(
+                features=out_features, stride=self.stride, dtype=self.dtype, name="downsample"
+            )(x, train)
+        return nn.relu(out + identity)
+
+
+class ResLayer(nn.Module):
+    """One stage (PyTorch ``layerS``): ``blocks`` Bottlenecks named '0', '1', ...; stride on block 0."""
+
+    planes: int
+    blocks: int
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        for i in range(self.blocks):
+            x = Bottleneck(
+                planes=self.planes, stride=self.stride if i == 0 else 1, dtype=self.dtype, name=str(i)
+            )(x, train)
+        return x
+
+
+class AttentionPool2d(nn.Module):
+    """CLIP attention pooling: mean token prepended, + pos-emb, one query (token 0) over h*w+1 keys."""
+
+    num_tokens: int  # h*w + 1
+    heads: int
+    output_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        n, h, w, c = x.shape
+        if h * w + 1 != self.num_tokens:
+            raise ValueError(
+                f"AttentionPool2d: feature map {h}x{w} gives {h * w + 1} tokens but the positional "
+                f"embedding has {self.num_tokens}; the input image size must match input_size."
+            )
+        if c % self.heads:
+            raise ValueError(f"AttentionPool2d: {c} channels are not divisible by heads={self.heads}")
+        std = c**-0.5
+        pos = self.param(
+            "positional_embedding",
+            lambda k, s: jax.random.normal(k, s, jnp.float32) * std,
+            (self.num_tokens, c),
+        )
+        # Row-major over (h, w), i.e. the same order as PyTorch's NCHW .flatten(2).
+        tokens = einops.rearrange(x, "n h w c -> n (h w) c")
+        tokens = jnp.concatenate([tokens.mean(axis=1, keepdims=True), tokens], axis=1)
+        tokens = (tokens + pos.astype(tokens.dtype)).astype(self.dtype)
+
+        def dense(features: int, name: str) -> nn.Dense:
+            return nn.Dense(
+                features,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=nn.initializers.normal(std),
+                bias_init=torch_default_bias_init(c),
+                name=name,
+            )
+
+        head_dim = c // self.heads
+        split = functools.partial(einops.rearrange, pattern="n t (h d) -> n h t d", h=self.heads)
+        q = split(dense(c, "q_proj")(tokens[:, :1])) * (head_dim**-0.5)
+        k = split(dense(c, "k_proj")(tokens))
+        v = split(dense(c, "v_proj")(tokens))
+        logits = jnp.einsum("nhqd,nhkd->nhqk", q, k, preferred_element_type=jnp.float32)
+        attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = einops.rearrange(jnp.einsum("nhqk,nhkd->nhqd", attn, v), "n h q d -> n q (h d)")
+        return dense(self.output_dim, "c_proj")(out)[:, 0]
+
+
+class ModifiedResNet(nn.Module):
+    """PLIP/CLIP ModifiedResNet: 3-conv stem, anti-aliased bottlenecks, attention or max pooling.
+
+    Returns ``(emb, (x1, x2, x3, x4))``: the global embedding (float32) and the four stage maps
+    (NHWC, compute dtype) that feed the colorization decoder.
+    """
+
+    layers: Sequence[int] = (3, 4, 6, 3)
+    width: int = 64
+    heads: int = 8
+    output_dim: int = 768
+    input_size: tuple[int, int] = (256, 128)
+    pool: str = "attn"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> tuple[Array, tuple[Array, ...]]:
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"ModifiedResNet expects NHWC images (N, H, W, 3); got shape {x.shape}")
+        if len(self.layers) != 4:
+            raise ValueError(f"ModifiedResNet needs 4 stages in `layers`; got {tuple(self.layers)}")
+        if self.pool not in ("attn", "max"):
+            raise ValueError(f"ModifiedResNet pool must be 'attn' or 'max'; got {self.pool!r}")
+        x = x.astype(self.dtype)
+        x = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self.width // 2, 3, self.dtype, "conv1", stride=2)(x)))
+        x = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self.width // 2, 3, self.dtype, "conv2")(x)))
+        x = nn.relu(_bn(train, self.dtype, "bn3")(_conv(self.width, 3, self.dtype, "conv3")(x)))
+        x = _avg_pool(x, 2)
+
+        feats = []
+        for i, blocks in enumerate(self.layers):
+            x = ResLayer(
+                planes=self.width * 2**i,
+                blocks=blocks,
+                stride=1 if i == 0 else 2,
+                dtype=self.dtype,
+                name=f"layer{i + 1}",
+            )(x, train)
+            feats.append(x)
+
+        c = x.shape[-1]
+        if self.pool == "attn":
+            h, w = (s // 32 for s in self.input_size)
+            emb = AttentionPool2d(
+                num_tokens=h * w + 1,
+                heads=self.heads,
+                output_dim=self.output_dim,
+                dtype=self.dtype,
+                name="attnpool",
+            )(x)
+        else:
+            pooled = jnp.max(x, axis=(1, 2))
+            emb = nn.Dense(
+                self.output_dim,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=torch_default_kernel_init,
+                bias_init=torch_default_bias_init(c),
+                name="proj",
+            )(pooled)
+        return emb.astype(jnp.float32), tuple(feats)
+
+
+def resnet_param_count(variables: Any) -> int:
+    """Number of trainable parameters (the 'params' collection; BN running stats excluded)."""
+    params = variables.get("params", variables) if hasattr(variables, "get") else variables
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
