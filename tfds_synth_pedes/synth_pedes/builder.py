@@ -38,8 +38,8 @@ class SynthPedesConfig(tfds.core.BuilderConfig):
     """`procedural` renders; held-out val/test identity counts apply to both configs."""
 
     procedural: bool = False
-    num_identities: int = 2400
-    images_per_identity: int = 8
+    num_identities: int = 2000
+    images_per_identity: int = 6
     image_height: int = 128
     image_width: int = 64
     seed: int = 0
