@@ -98,6 +98,7 @@ def test_full_config_reads_released_layout_and_converts_images(tmp_path):
     write_image(root / entries[0]["file_path"], mode="L")  # grayscale JPEG
     write_image(root / entries[1]["file_path"], mode="CMYK")  # CMYK JPEG
     write_image(root / entries[2]["file_path"], mode="RGBA", fmt="PNG")  # PNG with alpha, named .jpg
+    write_image(root / entries[3]["file_path"], mode="P", fmt="GIF")  # palette GIF
     builder = tb.build("synth_pedes", "full", tmp_path / "d", manual_dir=root, num_val_ids=1, num_test_ids=1)
     xs = [x for s in ("train", "val", "test") for x in _read_all(builder.as_data_source(split=s))]
     assert len(xs) == len(entries)

@@ -115,13 +115,16 @@ def _checked_path(root_real: str, root: Path, rel: Any) -> Path:
 
 
 def check_image_file(path: Path) -> None:
-    """Cheap pre-pass check: a known image header, and (JPEG/PNG) an intact end of file."""
+    """Pre-pass check: a known image header and, for JPEG/PNG, an intact end of file (cheap);
+    other formats (BMP, GIF, ...) are rare and fully decoded here."""
     try:
         with Image.open(path) as img:
             fmt = img.format
     except Exception:  # noqa: BLE001 - PIL raises many types for non-images
         raise ValueError("not an image file, or truncated before its header (PIL cannot identify it)") from None
-    if fmt in ("JPEG", "PNG"):
+    if fmt not in ("JPEG", "PNG"):
+        read_image_bytes(path)
+    else:
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - 1024))
             tail = f.read()
