@@ -20,8 +20,8 @@ from PIL import Image
 
 from plip_jax.convert.mapping import ConversionError, torch_to_flax
 from plip_jax.convert.torch_io import (MAX_LENGTH, MEAN, STD, TEXT_PREFIX, CheckpointError,
-                                       infer_architecture, infer_text_config, load_official)
-from plip_jax.data.tokenizer import Tokenizer, default_vocab_dir, load_tokenizer
+                                       infer_architecture, load_official)
+from plip_jax.data.tokenizer import Tokenizer, load_tokenizer
 
 RECIPES = ("release", "paper_v2")
 VARIABLES_FILE = "variables.safetensors"
@@ -135,7 +135,7 @@ class PLIPModel:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         flat = traverse_util.flatten_dict(self.variables, sep="/")
-        save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}, str(d / VARIABLES_FILE),
+        save_file({k: np.asarray(v, order="C") for k, v in flat.items()}, str(d / VARIABLES_FILE),
                   metadata={"format": "plip_jax"})
         with open(d / CONFIG_FILE, "w", encoding="utf-8") as f:
             json.dump(self.config, f, indent=2)
@@ -283,30 +283,33 @@ def from_saved(directory: str | os.PathLike, recipe: str | None = None) -> PLIPM
     if recipe is not None:
         config["recipe"] = _complete_config({**config, "recipe": recipe})["recipe"]
     variables = traverse_util.unflatten_dict(load_file(str(d / VARIABLES_FILE)), sep="/")
-    image_t, text_t = _templates(config, "pooler" in variables.get("params", {}).get("text", {}))
+    tok = _find_tokenizer(d / TOKENIZER_DIR, d, max_length=int(config["max_length"]))
+    return _checked_model(config, variables, tok, str(d / VARIABLES_FILE))
+
+
+def _checked_model(config: dict, variables: Mapping, tok: Tokenizer, what: str) -> PLIPModel:
+    """PLIPModel after checking the encoders' variables against the config's shapes."""
+    config = _complete_config(dict(config))
+    params = variables.get("params", {})
+    image_t, text_t = _templates(config, "pooler" in params.get("text", {}))
     template = {"params": {"image": image_t["params"], "text": text_t["params"]},
                 "batch_stats": {"image": image_t.get("batch_stats", {})}}
-    _check_tree(variables, template, str(d / VARIABLES_FILE))
-    tok = _find_tokenizer(d / TOKENIZER_DIR, d, max_length=int(config["max_length"]))
-    return PLIPModel(config, variables, tok)
+    loaded = {"params": {k: params[k] for k in ("image", "text") if k in params},
+              "batch_stats": {k: v for k, v in variables.get("batch_stats", {}).items() if k == "image"}}
+    _check_tree(loaded, template, what)
+    return PLIPModel(config, loaded, tok)
 
 
-def _text_config_from_train(model_cfg: Mapping, text_params: Mapping) -> dict:
-    """BertConfig fields of a training run: stored ones, the init folder's config.json, or shapes."""
+def _text_config_from_train(model_cfg: Mapping) -> dict:
+    """BertConfig fields of a training run: stored ones, else resolved from `model.text.init`."""
     for key in ("text_config", "bert_config"):
         if isinstance(model_cfg.get(key), Mapping):
             return dict(model_cfg[key])
-    text = model_cfg.get("text", {}) or {}
-    init = text.get("init") if isinstance(text, Mapping) else None
-    heads = None
-    folder = default_vocab_dir() if init == "minilm" else (Path(init) if init and init != "bert-base" else None)
-    if folder is not None and (Path(folder) / "config.json").is_file():
-        with open(Path(folder) / "config.json", encoding="utf-8") as f:
-            return json.load(f)
-    from plip_jax.convert.mapping import flax_to_torch
+    from plip_jax import text_tower
 
-    sd = flax_to_torch({"params": text_params}, prefix="", kind="text", position_ids=False)
-    return infer_text_config(sd, prefix="", heads=heads)
+    text = model_cfg.get("text") or {}
+    init = text.get("init", "bert-base") if isinstance(text, Mapping) else "bert-base"
+    return text_tower.resolve(str(init))[0].to_dict()
 
 
 def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
@@ -314,7 +317,6 @@ def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
     from plip_jax import checkpoint
 
     variables, cfg = checkpoint.restore_for_inference(path)
-    params = variables.get("params", {})
     if "image" in cfg and "text" in cfg:
         arch = dict(cfg)
     else:
@@ -323,7 +325,7 @@ def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
             raise CheckpointError(f"{path}: the checkpoint config has no model.image architecture")
         data_cfg = cfg.get("data", {}) or {}
         arch = {"image": dict(model_cfg["image"]),
-                "text": _text_config_from_train(model_cfg, params.get("text", {})),
+                "text": _text_config_from_train(model_cfg),
                 "recipe": model_cfg.get("recipe", "release"),
                 "max_length": data_cfg.get("max_length", MAX_LENGTH)}
         arch["image"].setdefault("pool", "attn" if arch["recipe"] == "release" else "max")
@@ -334,7 +336,7 @@ def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
     tok_dir = (cfg.get("data", {}) or {}).get("tokenizer_dir")
     tok = _find_tokenizer(workdir / TOKENIZER_DIR, Path(tok_dir) if tok_dir else None,
                           max_length=int(arch.get("max_length", MAX_LENGTH)))
-    return PLIPModel(arch, variables, tok)
+    return _checked_model(arch, variables, tok, f"checkpoint {path}")
 
 
 def from_pretrained(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:

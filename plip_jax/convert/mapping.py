@@ -144,7 +144,7 @@ def flax_to_torch(
         for coll, path, leaf in sorted(by_module[module], key=_torch_leaf_rank):
             rule = _RULES.get((coll, str(path[-1])))
             op = rule[1] if rule else _identity
-            out[torch_key(path, coll, prefix)] = np.ascontiguousarray(op(_to_numpy_f32_safe(leaf)))
+            out[torch_key(path, coll, prefix)] = np.array(op(_to_numpy_f32_safe(leaf)), order="C")
             has_stats |= coll == "batch_stats"
         if has_stats:
             out[prefix + ".".join([*module, NUM_BATCHES_TRACKED])] = np.asarray(0, dtype=np.int64)
@@ -207,7 +207,7 @@ def torch_to_flax(
             arr = (rule[2] if rule else _identity)(arr)
             if want_dtype is not None and arr.dtype != want_dtype:
                 arr = arr.astype(want_dtype)
-            out_flat[path] = np.ascontiguousarray(arr)
+            out_flat[path] = np.array(arr, order="C")
         result[coll] = traverse_util.unflatten_dict(out_flat) if out_flat else {}
 
     tolerated = {prefix + ".".join([*m, NUM_BATCHES_TRACKED]) for m in bn_modules}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -74,6 +75,10 @@ def _tensor_to_numpy(t: Any) -> np.ndarray:
 def _torch_load(path: Path) -> Any:
     """torch.load with weights_only=True; code-carrying or non-torch files raise CheckpointError."""
     torch = _torch()
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # torch zip, or a legacy pickle
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -81,7 +86,7 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(
             f"{path}: refused to load: the pickle references code or objects that are not plain "
             f"tensors (weights_only=True); only load files you trust. ({first})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+    except Exception as e:  # torch raises many types (RuntimeError, KeyError, EOFError...) on junk
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
 
@@ -151,7 +156,7 @@ def load_official(path: str | os.PathLike) -> tuple[StateDict, StateDict, dict |
 
 def _to_torch_sd(sd: Mapping[str, np.ndarray]) -> "OrderedDict[str, Any]":
     torch = _torch()
-    return OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in sd.items())
+    return OrderedDict((k, torch.from_numpy(np.array(v, order="C"))) for k, v in sd.items())
 
 
 def save_official(
@@ -179,8 +184,8 @@ def save_official(
     if safetensors:
         from safetensors.numpy import save_file
 
-        flat = {f"image.{k}": np.ascontiguousarray(v) for k, v in img_sd.items()}
-        flat.update({f"text.{k}": np.ascontiguousarray(v) for k, v in txt_sd.items()})
+        flat = {f"image.{k}": np.asarray(v, order="C") for k, v in img_sd.items()}
+        flat.update({f"text.{k}": np.asarray(v, order="C") for k, v in txt_sd.items()})
         st = base.with_name(base.name + ".safetensors")
         save_file(flat, str(st), metadata={"format": "plip"})
         written.append(st)
@@ -345,7 +350,7 @@ def save_hf_bert(directory: str | os.PathLike, params: Mapping[str, Any], config
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     sd = flax_to_torch({"params": params}, prefix="", kind="text", position_ids=False)
-    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(d / "model.safetensors"),
+    save_file({k: np.asarray(v, order="C") for k, v in sd.items()}, str(d / "model.safetensors"),
               metadata={"format": "pt"})
     cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
     cfg.setdefault("model_type", "bert")
