@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +50,20 @@ def _convert(tmodel: torch.nn.Module, fmodel: ModifiedResNet, cfg: dict) -> dict
     # Copy: the converter may alias torch memory, and torch's train mode updates stats in place.
     state_dict = {k: v.detach().clone() for k, v in tmodel.state_dict().items()}
     return torch_to_flax(state_dict, template, prefix="", kind="image")
+
+
+@functools.cache
+def _small_apply(pool: str, dtype_name: str = "float32", train: bool = False):
+    """One jitted apply per (pool, dtype, mode) of the SMALL config, shared by the tests."""
+    model = _flax_model(SMALL, pool, jnp.dtype(dtype_name))
+    if train:
+        return jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+    return jax.jit(model.apply)
+
+
+@functools.cache
+def _small_variables(pool: str) -> dict:
+    return _convert(_torch_model(SMALL, pool), _flax_model(SMALL, pool), SMALL)
 
 
 def _inputs(cfg: dict, n: int = 2, seed: int = 1) -> tuple[torch.Tensor, jnp.ndarray]:
@@ -109,12 +125,10 @@ def test_official_init():
 @pytest.mark.parametrize("pool", ["attn", "max"])
 def test_eval_parity_small(pool):
     tmodel = _torch_model(SMALL, pool)
-    fmodel = _flax_model(SMALL, pool)
-    variables = _convert(tmodel, fmodel, SMALL)
     xt, xj = _inputs(SMALL)
     with torch.no_grad():
         ref = tmodel(xt)
-    emb, feats = jax.jit(fmodel.apply)(variables, xj)
+    emb, feats = _small_apply(pool)(_small_variables(pool), xj)
     assert emb.dtype == jnp.float32 and emb.shape == (2, SMALL["output_dim"])
     assert _rel_err(emb, ref[0]) < RTOL
     for ours, theirs in zip(feats, ref[1:]):
@@ -140,14 +154,20 @@ def test_eval_parity_default_geometry():
 def test_train_mode_batch_stats_parity():
     """train=True normalises with batch statistics and updates running stats like PyTorch."""
     tmodel = _torch_model(SMALL, "attn")
-    fmodel = _flax_model(SMALL, "attn")
-    variables = _convert(tmodel, fmodel, SMALL)
+    variables = _small_variables("attn")
     old_stats = {k: v.clone() for k, v in tmodel.state_dict().items() if "running_" in k}
 
     # Elements per channel seen by each BN, to undo PyTorch's unbiased (n/(n-1)) running var.
     counts: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output):
+            counts[name] = inputs[0].numel() // inputs[0].shape[1]
+
+        return hook
+
     hooks = [
-        m.register_forward_hook(lambda mod, inp, out, name=name: counts.__setitem__(name, inp[0].numel() // inp[0].shape[1]))
+        m.register_forward_hook(record(name))
         for name, m in tmodel.named_modules()
         if isinstance(m, torch.nn.BatchNorm2d)
     ]
@@ -158,9 +178,7 @@ def test_train_mode_batch_stats_parity():
     for h in hooks:
         h.remove()
 
-    (emb, feats), updates = jax.jit(
-        lambda v, x: fmodel.apply(v, x, train=True, mutable=["batch_stats"])
-    )(variables, xj)
+    (emb, feats), updates = _small_apply("attn", train=True)(variables, xj)
     assert _rel_err(emb, ref[0]) < RTOL
     for ours, theirs in zip(feats, ref[1:]):
         assert _rel_err(ours, _nchw_to_nhwc(theirs)) < RTOL
@@ -178,27 +196,30 @@ def test_train_mode_batch_stats_parity():
         assert _rel_err(new_flax[var_key], expected) < RTOL, var_key
 
 
-@pytest.mark.parametrize("pool", ["attn", "max"])
-def test_bfloat16_compute(pool):
-    tmodel = _torch_model(SMALL, pool)
-    variables = _convert(tmodel, _flax_model(SMALL, pool), SMALL)
+def test_bfloat16_compute():
+    """dtype=bf16 runs with float32 params, returns a float32 embedding close to the fp32 one."""
+    variables = _small_variables("attn")
     _, xj = _inputs(SMALL)
-    emb32, _ = jax.jit(_flax_model(SMALL, pool).apply)(variables, xj)
-    emb16, feats16 = jax.jit(_flax_model(SMALL, pool, jnp.bfloat16).apply)(variables, xj)
+    emb32, _ = _small_apply("attn")(variables, xj)
+    emb16, feats16 = _small_apply("attn", "bfloat16")(variables, xj)
     assert emb16.dtype == jnp.float32
-    assert feats16[-1].dtype == jnp.bfloat16
+    assert all(f.dtype == jnp.bfloat16 for f in feats16)
     assert np.isfinite(np.asarray(emb16)).all()
     assert _rel_err(emb16, emb32) < 0.1
-    init16 = jax.eval_shape(_flax_model(SMALL, pool, jnp.bfloat16).init, jax.random.key(0), xj)
-    dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(init16)}
-    assert dtypes == {jnp.dtype(jnp.float32)}
+    for pool in ("attn", "max"):
+        model = _flax_model(SMALL, pool, jnp.bfloat16)
+        init16 = jax.eval_shape(model.init, jax.random.key(0), xj)
+        assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(init16)} == {jnp.dtype(jnp.float32)}
+        emb_shape, _ = jax.eval_shape(model.apply, init16, xj)
+        assert emb_shape.dtype == jnp.float32
 
 
 @pytest.mark.parametrize(
     "kwargs, shape, match",
     [
         ({}, (1, 64, 32, 1), "NHWC images"),
-        ({}, (1, 96, 32, 3), "positional embedding"),
+        ({}, (1, 96, 32, 3), "input image size must equal input_size"),
+        ({}, (1, 32, 64, 3), "input image size must equal input_size"),
         ({"pool": "mean"}, (1, 64, 32, 3), "pool must be"),
         ({"layers": (1, 1, 1)}, (1, 64, 32, 3), "4 stages"),
     ],

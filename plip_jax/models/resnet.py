@@ -127,7 +127,7 @@ class ResLayer(nn.Module):
 class AttentionPool2d(nn.Module):
     """CLIP attention pooling: mean token prepended, + pos-emb, one query (token 0) over h*w+1 keys."""
 
-    num_tokens: int  # h*w + 1
+    grid: tuple[int, int]  # (h, w) of the last feature map; h*w + 1 positional embeddings
     heads: int
     output_dim: int
     dtype: Dtype = jnp.float32
@@ -135,10 +135,10 @@ class AttentionPool2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         n, h, w, c = x.shape
-        if h * w + 1 != self.num_tokens:
+        if (h, w) != tuple(self.grid):
             raise ValueError(
-                f"AttentionPool2d: feature map {h}x{w} gives {h * w + 1} tokens but the positional "
-                f"embedding has {self.num_tokens}; the input image size must match input_size."
+                f"AttentionPool2d: feature map {h}x{w} does not match the positional embedding's "
+                f"{self.grid[0]}x{self.grid[1]} grid; the input image size must equal input_size."
             )
         if c % self.heads:
             raise ValueError(f"AttentionPool2d: {c} channels are not divisible by heads={self.heads}")
@@ -146,7 +146,7 @@ class AttentionPool2d(nn.Module):
         pos = self.param(
             "positional_embedding",
             lambda k, s: jax.random.normal(k, s, jnp.float32) * std,
-            (self.num_tokens, c),
+            (self.grid[0] * self.grid[1] + 1, c),
         )
         # Row-major over (h, w), i.e. the same order as PyTorch's NCHW .flatten(2).
         tokens = einops.rearrange(x, "n h w c -> n (h w) c")
@@ -198,9 +198,11 @@ class ModifiedResNet(nn.Module):
         if self.pool not in ("attn", "max"):
             raise ValueError(f"ModifiedResNet pool must be 'attn' or 'max'; got {self.pool!r}")
         x = x.astype(self.dtype)
-        x = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self.width // 2, 3, self.dtype, "conv1", stride=2)(x)))
-        x = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self.width // 2, 3, self.dtype, "conv2")(x)))
-        x = nn.relu(_bn(train, self.dtype, "bn3")(_conv(self.width, 3, self.dtype, "conv3")(x)))
+        # Stem: three 3x3 convs, the first with stride 2 (symmetric padding 1, as in PyTorch).
+        stem = ((self.width // 2, 2), (self.width // 2, 1), (self.width, 1))
+        for i, (features, stride) in enumerate(stem, start=1):
+            x = _conv(features, 3, self.dtype, f"conv{i}", stride=stride)(x)
+            x = nn.relu(_bn(train, self.dtype, f"bn{i}")(x))
         x = _avg_pool(x, 2)
 
         feats = []
@@ -216,9 +218,8 @@ class ModifiedResNet(nn.Module):
 
         c = x.shape[-1]
         if self.pool == "attn":
-            h, w = (s // 32 for s in self.input_size)
             emb = AttentionPool2d(
-                num_tokens=h * w + 1,
+                grid=(self.input_size[0] // 32, self.input_size[1] // 32),
                 heads=self.heads,
                 output_dim=self.output_dim,
                 dtype=self.dtype,

@@ -139,8 +139,9 @@ class ModifiedResNet(nn.Module):
     def _init_weights(self) -> None:
         """Official init: q/k/v/c_proj weights N(0, C^-0.5) and every Bottleneck bn3 scale zero."""
         if self.pool == "attn":
-            std = self.attnpool.c_proj.in_features**-0.5
-            for lin in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
+            pool = self.attnpool
+            std = pool.c_proj.in_features**-0.5
+            for lin in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
                 nn.init.normal_(lin.weight, std=std)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
