@@ -35,6 +35,15 @@ from plip_jax.models.plip import build_model  # noqa: E402
 from plip_jax.text_tower import resolve  # noqa: E402
 
 
+def create_state_compat(model, tx, example_batch: dict, seed: int, mesh):
+    """plip_jax.state.create_state across its two signatures (int `seed` now, a PRNG key before)."""
+    import inspect
+
+    params = list(inspect.signature(state_lib.create_state).parameters)
+    arg = seed if params[3] == "seed" else jax.random.key(seed)
+    return state_lib.create_state(model, tx, example_batch, arg, mesh)
+
+
 def time_mini_step(steps: int, warmup: int, batch: int | None) -> dict[str, Any]:
     """Median step time of the mini config's real train step (random init, synthetic data)."""
     cfg = get_config("mini")
@@ -49,7 +58,7 @@ def time_mini_step(steps: int, warmup: int, batch: int | None) -> dict[str, Any]
     shapes = jax.eval_shape(lambda r: state_lib.init_variables(model, r, host[0]), jax.random.key(0))
     tx, schedule = optim.make_optimizer(cfg.optim, shapes["params"], steps_per_epoch=100, total_steps=1000,
                                         global_batch=b)
-    st, st_sh = state_lib.create_state(model, tx, host[0], jax.random.key(cfg.seed), mesh)
+    st, st_sh = create_state_compat(model, tx, host[0], int(cfg.seed), mesh)
     fn = train_step.jit_train_step(train_step.make_train_step(model, tx, cfg.losses, schedule), st_sh,
                                    sharding.batch_sharding(mesh), mesh)
     batches = [jax.device_put(h, sharding.batch_sharding(mesh)) for h in host]
@@ -85,17 +94,24 @@ def time_dataset_build(params: dict[str, Any]) -> dict[str, Any]:
         return {"status": f"unavailable: {e}"}
     d = tempfile.mkdtemp(prefix="plip_cpu_baseline_tfds_")
     try:
-        t0 = time.perf_counter()
-        builder = tsp_build.build("synth_pedes", "procedural", d, **params)
-        seconds = time.perf_counter() - t0
-        splits = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
-        cfg = builder.builder_config
-        return {"status": "ok", "seconds": round(seconds, 1), "splits": splits,
-                "images_per_s": round(sum(splits.values()) / seconds, 1), "config": cfg.name,
-                "num_identities": cfg.num_identities, "images_per_identity": cfg.images_per_identity,
-                "image_size": [cfg.image_height, cfg.image_width], "params": params}
+        return _build(tsp_build, d, params)
+    except Exception as e:  # record a failing build, keep the step timing
+        return {"status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}", "params": params}
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _build(tsp_build, d: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Build into `d` and report seconds and split sizes."""
+    t0 = time.perf_counter()
+    builder = tsp_build.build("synth_pedes", "procedural", d, **params)
+    seconds = time.perf_counter() - t0
+    splits = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
+    cfg = builder.builder_config
+    return {"status": "ok", "seconds": round(seconds, 1), "splits": splits,
+            "images_per_s": round(sum(splits.values()) / seconds, 1), "config": cfg.name,
+            "num_identities": cfg.num_identities, "images_per_identity": cfg.images_per_identity,
+            "image_size": [cfg.image_height, cfg.image_width], "params": params}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-build", action="store_true")
     p.add_argument("--num-identities", type=int, default=None)
     p.add_argument("--images-per-identity", type=int, default=None)
+    p.add_argument("--held-out-ids", type=int, default=None,
+                   help="num_val_ids = num_test_ids (builder default 200 each; needs more identities than 2x this)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     dev = {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind, "count": jax.device_count(),
@@ -119,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             params["num_identities"] = a.num_identities
         if a.images_per_identity:
             params["images_per_identity"] = a.images_per_identity
+        if a.held_out_ids is not None:
+            params["num_val_ids"] = params["num_test_ids"] = a.held_out_ids
         build = time_dataset_build(params)
         print("dataset build:", build, flush=True)
     versions = {"jax": jax.__version__, **common.package_versions(

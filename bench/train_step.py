@@ -202,6 +202,15 @@ def _device_peak_gib() -> float | None:
     return stats["peak_bytes_in_use"] / 2**30
 
 
+def create_state_compat(model, tx, example_batch: dict, seed: int, mesh):
+    """plip_jax.state.create_state across its two signatures (int `seed` now, a PRNG key before)."""
+    import inspect
+
+    params = list(inspect.signature(state_lib.create_state).parameters)
+    arg = seed if params[3] == "seed" else jax.random.key(seed)
+    return state_lib.create_state(model, tx, example_batch, arg, mesh)
+
+
 def build_row(work: str, dtype: str, batch: int, sizes: Sizes, full_optimizer: str) -> tuple[Callable, tuple, Callable]:
     """(jitted step, its initial args, advance(args, outputs) -> next args) for one row."""
     text_cfg, _ = resolve(sizes.text)
@@ -210,11 +219,12 @@ def build_row(work: str, dtype: str, batch: int, sizes: Sizes, full_optimizer: s
     repl = NamedSharding(mesh, P())
     batches = device_batches(sizes, batch, text_cfg.vocab_size, mesh)
     rng = jax.device_put(jax.random.key(0), repl)
+    init_rng = jax.random.key(0, impl="rbg")  # RBG: init compiles much faster than threefry on CPU
     patterns = frozen_patterns(sizes.frozen_layers)
     if work == "anchor":
         model = AnchorModel(sizes, text_cfg, DTYPES[dtype])
         variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, batches[0], train=True),
-                            out_shardings=repl)(rng)
+                            out_shardings=repl)(init_rng)
         trainable, frozen = split_params(variables["params"], patterns)
         tx = optax.adamw(1e-4, weight_decay=1e-2)
         st = jax.jit(lambda t, bs: AnchorState(step=jnp.zeros((), jnp.int32), trainable=t, batch_stats=bs,
@@ -233,7 +243,7 @@ def build_row(work: str, dtype: str, batch: int, sizes: Sizes, full_optimizer: s
         shapes = jax.eval_shape(lambda r: state_lib.init_variables(model, r, host_example), jax.random.key(0))
         tx, schedule = optim.make_optimizer(paper_optim_cfg(full_optimizer, patterns), shapes["params"],
                                             steps_per_epoch=1000, total_steps=100_000, global_batch=batch)
-        st, st_sh = state_lib.create_state(model, tx, host_example, jax.random.key(0), mesh)
+        st, st_sh = create_state_compat(model, tx, host_example, 0, mesh)
         step = train_step.make_train_step(model, tx, LOSS_CFG, schedule)
         fn = train_step.jit_train_step(step, st_sh, sharding.batch_sharding(mesh), mesh)
         args = (st, batches[0], rng)
