@@ -13,6 +13,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, CONFIG, DATA = "state", "config", "data"
@@ -63,17 +64,24 @@ class Checkpointer:
         return self.manager.save(int(step), args=args, force=force)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, Any]:
-        """Restore into `abstract_state` (ShapeDtypeStructs carrying target shardings)."""
+        """Restore into `abstract_state` (ShapeDtypeStructs carrying target shardings).
+
+        The data state is None when the checkpoint was written by a different process count
+        (each process's iterator state is saved separately); the caller then re-derives the
+        stream position from the step.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         holder = IteratorState()
-        r = self.manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state),
-            CONFIG: ocp.args.JsonRestore(),
-            DATA: grain.checkpoint.CheckpointRestore(holder),
-        }))
-        return r[STATE], r[CONFIG], holder.state
+        items = {STATE: ocp.args.StandardRestore(abstract_state), CONFIG: ocp.args.JsonRestore()}
+        pi, pc = jax.process_index(), jax.process_count()
+        data_file = Path(str(self.directory)) / str(step) / DATA / f"process_{pi}-of-{pc}.json"
+        has_data = data_file.exists()
+        if has_data:
+            items[DATA] = grain.checkpoint.CheckpointRestore(holder)
+        r = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return r[STATE], r[CONFIG], (holder.state if has_data else None)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -104,17 +112,16 @@ def restore_for_inference(path: str | os.PathLike) -> tuple[dict, dict]:
     ckpt_dir, step = find_checkpoint(path)
     step_dir = ckpt_dir / str(step)
     config = _read_json_item(step_dir / CONFIG)
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(step_dir / STATE)
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+    tree = getattr(tree, "tree", tree)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def abstract(m):
-        return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
-
-    wanted = {k: jax.tree.map(abstract, tree[k]) for k in ("params", "batch_stats") if k in tree}
-    restored = _partial_restore(checkpointer, step_dir / STATE, tree, wanted)
-    variables = jax.tree.map(lambda x: jax.device_get(x), restored)
+    wanted = {k: tree[k] for k in ("params", "batch_stats") if k in tree}
+    restore_args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=sharding, restore_type=np.ndarray), wanted)
+    restored = checkpointer.restore(step_dir / STATE, args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=restore_args, partial_restore=True))
+    variables = jax.tree.map(np.asarray, dict(restored))
     return variables, config
 
 
@@ -126,11 +133,3 @@ def _read_json_item(d: Path) -> dict:
         except (ValueError, UnicodeDecodeError):
             continue
     raise FileNotFoundError(f"no config JSON in {d}")
-
-
-def _partial_restore(checkpointer, directory: Path, tree: dict, wanted: dict) -> dict:
-    """Restore only params/batch_stats; the optimizer state is skipped (never materialised)."""
-    full = {k: (wanted[k] if k in wanted else jax.tree.map(lambda _: ocp.PLACEHOLDER, tree[k]))
-            for k in tree}
-    out = checkpointer.restore(directory, full)
-    return {k: out[k] for k in wanted}

@@ -1,0 +1,28 @@
+"""Zero-shot (or fine-tuned) text-based person Re-ID evaluation of a checkpoint.
+
+python -m plip_jax.main --config configs/eval_text_reid.py --workdir DIR \
+    --config.checkpoint=PATH --config.dataset=cuhk_pedes [--config.data_dir=D]
+PATH: a run workdir, an Orbax step dir, or an official .pth.tar. Dataset: any text-ReID builder
+name (`cuhk_pedes`, `icfg_pedes`, `rstp_reid`, `synth_pedes` = the procedural held-out split).
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "eval_text_reid"
+    c.checkpoint = config_dict.placeholder(str)
+    c.dataset = "synth_pedes"
+    c.dataset_config = config_dict.placeholder(str)   # default: 'procedural' for synth_pedes
+    c.split = "test"                                   # report on test; select models on 'val'
+    c.data_dir = config_dict.placeholder(str)
+    c.manual_dir = config_dict.placeholder(str)
+    c.procedural = ml_collections.ConfigDict()         # builder params of the procedural config
+    c.ap = "irra"                                      # 'irra' | 'trapezoid' (official PLIP mAP)
+    c.batch_size = 128
+    c.max_items = 0                                    # 0 = the whole split
+    c.recipe = config_dict.placeholder(str)            # override the checkpoint's recipe
+    return c

@@ -1,0 +1,52 @@
+"""Run two train steps of the tiny PLIP on one device and on 8 fake CPU devices (data=8, and
+data=4 x fsdp=2); print losses and parameters as JSON. Needs XLA_FLAGS device_count=8 set by the caller."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tiny import tiny_config  # noqa: E402
+
+from plip_jax import data_setup, optim, sharding as shd, state as state_lib, text_tower  # noqa: E402
+from plip_jax.data import synthetic  # noqa: E402
+from plip_jax.models.plip import build_model  # noqa: E402
+from plip_jax.train_step import active_tasks, jit_train_step, make_train_step  # noqa: E402
+
+
+def run(devices, data: int, fsdp: int) -> dict:
+    c = tiny_config(batch=16)
+    text_cfg, _ = text_tower.from_config(c.model)
+    model = build_model(c.model, text_cfg, active_tasks(dict(c.losses.weights)))
+    mesh = shd.make_mesh(data, fsdp, devices=devices)
+    rng = state_lib.init_key(0)
+    example = data_setup.example_batch(c, text_cfg)
+    abstract = state_lib.abstract_state(model, __import__("optax").identity(), example, rng)
+    tx, schedule = optim.make_optimizer(c.optim, abstract.params, 10, 10, 16)
+    state, shardings = state_lib.create_state(model, tx, example, 0, mesh, min_size=64)
+    bsh = shd.batch_sharding(mesh)
+    step = jit_train_step(make_train_step(model, tx, c.losses, schedule), shardings, bsh, mesh)
+    losses = []
+    for k in range(2):
+        b = synthetic.synthetic_batch(16, (64, 32), 16, 4, num_ids=6, seed=k)
+        gb = {key: jax.make_array_from_process_local_data(bsh, v) for key, v in b.items()}
+        state, m = step(state, gb, jax.random.key(1))
+        losses.append({key: float(v) for key, v in jax.device_get(m).items()})
+    sharded = [str(l.sharding.spec) for l in jax.tree.leaves(state.params)]
+    params = [np.asarray(jax.device_get(l)).ravel().tolist() for l in jax.tree.leaves(state.params)]
+    stats = [np.asarray(jax.device_get(l)).ravel().tolist() for l in jax.tree.leaves(state.batch_stats)]
+    return {"losses": losses, "params": params, "stats": stats,
+            "fsdp_sharded": sum("fsdp" in s for s in sharded)}
+
+
+if __name__ == "__main__":
+    devs = jax.devices()
+    assert len(devs) == 8, f"expected 8 fake devices, got {len(devs)}"
+    out = {"single": run(devs[:1], 1, 1), "data8": run(devs, 8, 1), "data4_fsdp2": run(devs, 4, 2)}
+    print("RESULT " + json.dumps(out))

@@ -1,0 +1,32 @@
+"""The sharded train step on 8 fake CPU devices equals the single-device step."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import run_result
+
+
+@pytest.fixture(scope="module")
+def results():
+    return run_result(["tests/scripts/sharded_step.py"], devices=8)
+
+
+def _max_diff(a: list, b: list) -> float:
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) if len(x) else 0.0 for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("layout", ["data8", "data4_fsdp2"])
+def test_sharded_step_matches_single_device(results, layout):
+    single, sharded = results["single"], results[layout]
+    for s, m in zip(single["losses"], sharded["losses"]):
+        for key in ("loss", "loss_ivlc", "loss_tic", "loss_iap"):
+            assert abs(s[key] - m[key]) <= 1e-5 * max(1.0, abs(s[key])), (key, s[key], m[key])
+    assert _max_diff(single["params"], sharded["params"]) <= 1e-5
+    assert _max_diff(single["stats"], sharded["stats"]) <= 1e-5
+
+
+def test_fsdp_layout_really_shards(results):
+    assert results["single"]["fsdp_sharded"] == 0
+    assert results["data8"]["fsdp_sharded"] == 0
+    assert results["data4_fsdp2"]["fsdp_sharded"] > 0

@@ -1,0 +1,32 @@
+"""Tiny PLIP configs for tests: the real code paths at toy sizes (seconds on 2 CPU cores)."""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import pretrain
+
+
+def tiny_config(data: str = "synthetic", steps: int = 4, batch: int = 16) -> ml_collections.ConfigDict:
+    """configs/pretrain.py:mini shrunk: ResNet (1,1,1,1) width 8 at 64x32, a 2-layer 32-wide BERT."""
+    c = pretrain.get_config("mini")
+    c.model.image = dict(layers=(1, 1, 1, 1), width=8, heads=2, output_dim=32, input_size=(64, 32))
+    c.model.text = dict(init="random:2x32x2", frozen_layers=1, mask_padding=True, dropout=0.0)
+    c.model.tic = dict(fpn_dim=8)
+    c.model.iap = dict(fusion="add", num_layers=1, heads=2, mlp_dim=64)
+    c.optim.frozen = (r"^text/embeddings/.*", r"^text/encoder/layer/0/.*")
+    if data == "procedural":
+        c.data.name, c.data.config = "synth_pedes", "procedural"
+        c.data.procedural = dict(num_identities=40, images_per_identity=2, num_val_ids=6, num_test_ids=6,
+                                 image_height=64, image_width=32)
+    else:
+        c.data.name = data
+    c.data.batch_size = batch
+    c.data.max_length = 16
+    c.data.max_masked = 4
+    c.train.steps = steps
+    c.train.log_every = 1
+    c.train.eval_every = 0
+    c.train.ckpt_every = 2
+    c.train.eval_batch_size = 16
+    c.train.async_checkpoints = False
+    return c
