@@ -20,8 +20,13 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from tfds_synth_pedes.cuhk_pedes import CuhkPedes
+from tfds_synth_pedes.dukemtmc import DukeMtmc
 from tfds_synth_pedes.icfg_pedes import IcfgPedes
 from tfds_synth_pedes.ingest import DatasetError
+from tfds_synth_pedes.market1501 import Market1501
+from tfds_synth_pedes.pa100k import Pa100k
+from tfds_synth_pedes.peta import Peta
+from tfds_synth_pedes.rap import Rap
 from tfds_synth_pedes.rstp_reid import RstpReid
 from tfds_synth_pedes.synth_pedes import SynthPedes, make_config
 
@@ -30,6 +35,7 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "cuhk_pedes": CuhkPedes,
     "icfg_pedes": IcfgPedes,
     "rstp_reid": RstpReid,
+    "market1501": Market1501, "dukemtmc": DukeMtmc, "pa100k": Pa100k, "peta": Peta, "rap": Rap,
 }
 DEFAULT_DATA_DIR = os.path.expanduser("~/tensorflow_datasets")
 

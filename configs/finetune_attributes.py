@@ -1,0 +1,40 @@
+"""Pedestrian attribute recognition on the PLIP image encoder: Linear + BN head, weighted BCE
+(exp(1 - r) / exp(r) weights of "Rethinking PAR"), label-based mA and instance Acc/Prec/Rec/F1.
+
+    python -m plip_jax.main --config configs/finetune_attributes.py:dataset=pa100k --workdir W \
+        --config.init_checkpoint=PLIP_RN50.pth.tar --config.data.data_dir=D
+Arguments: dataset (pa100k | peta | rap | synth_pedes), mini (the 50 procedural attribute labels),
+few_shot, steps, batch. No --config.init_checkpoint = from-scratch baseline.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from configs.finetune_text_reid import base_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = common.parse_arg(arg, mini=False, dataset="pa100k", few_shot=1.0, steps=0, batch=0)
+    c = base_config("finetune_attributes", a)
+    c.data.batch_size = a.batch or 64
+    c.data.flip, c.data.pad_crop = True, True
+    c.data.test_split = "test"
+    c.optim.name = "adamw"
+    c.optim.lr = 1e-4
+    c.optim.scale_lr_by_batch = False
+    c.optim.weight_decay = 5e-4
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 1.0
+    c.optim.frozen = (r"^text/.*",)
+    c.optim.lr_multipliers = ((r"^head/.*", 10.0),)
+    c.train.epochs = 30.0
+    c.losses = ml_collections.ConfigDict(dict(weighted=True))
+    if a.mini:
+        c.data.batch_size = a.batch or 32
+        c.data.pad_crop = False
+        c.optim.lr = 3e-4
+        c.optim.warmup_epochs = 0.0
+        c.train.steps = a.steps or 150
+        c.train.eval_max_items = 600
+    return c
