@@ -93,7 +93,7 @@ class Checkpointer:
 
 def find_checkpoint(path: str | os.PathLike) -> tuple[Path, int]:
     """Resolve a workdir, a `checkpoints/` dir or a step dir to (checkpoints dir, step)."""
-    p = Path(path)
+    p = Path(path).absolute()
     if (p / "checkpoints").is_dir():
         p = p / "checkpoints"
     if (p / STATE).is_dir() and p.name.isdigit():
@@ -114,8 +114,20 @@ def restore_for_inference(path: str | os.PathLike) -> tuple[dict, dict]:
     config = _read_json_item(step_dir / CONFIG)
     checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(step_dir / STATE)
-    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+    tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, dict):
+        # No tree metadata (seen on checkpoints finished from a signal handler): restore the whole
+        # state without a target and keep the variables.
+        try:
+            full = checkpointer.restore(step_dir / STATE)
+        except Exception as e:  # noqa: BLE001 - report one clear line
+            raise FileNotFoundError(f"checkpoint {step_dir} cannot be read: {e}") from None
+        if not isinstance(full, dict) or "params" not in full:
+            raise FileNotFoundError(f"checkpoint {step_dir} is not a PLIP train state")
+        return {k: jax.tree.map(np.asarray, full[k]) for k in ("params", "batch_stats") if k in full}, config
+    if "params" not in tree:
+        raise FileNotFoundError(f"checkpoint {step_dir} is not a PLIP train state (no params)")
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     wanted = {k: tree[k] for k in ("params", "batch_stats") if k in tree}
     restore_args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=sharding, restore_type=np.ndarray), wanted)

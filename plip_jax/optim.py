@@ -54,7 +54,10 @@ def _base_optimizer(cfg, lr: optax.Schedule, decay_mask: Any) -> optax.GradientT
                           weight_decay=cfg.weight_decay, mask=decay_mask)
     if cfg.name == "adamw":
         return optax.adamw(lr, b1=0.9, b2=0.999, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
-    raise ValueError(f"config.optim.name must be 'adan' or 'adamw', got {cfg.name!r}")
+    if cfg.name == "sgd":
+        return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+                           optax.sgd(lr, momentum=0.9))
+    raise ValueError(f"config.optim.name must be 'adan', 'adamw' or 'sgd', got {cfg.name!r}")
 
 
 def make_optimizer(cfg, params: Any, steps_per_epoch: int, total_steps: int,

@@ -22,6 +22,10 @@ from plip_jax.train_step import active_tasks, jit_train_step, make_train_step  #
 
 def run(devices, data: int, fsdp: int) -> dict:
     c = tiny_config(batch=16)
+    # SGD: Adam's m/sqrt(v) turns float-reassociation noise in near-zero gradients into +-lr
+    # updates, which would hide real sharding differences; the partition/schedule code is shared.
+    c.optim.name = "sgd"
+    c.optim.lr = 0.05
     text_cfg, _ = text_tower.from_config(c.model)
     model = build_model(c.model, text_cfg, active_tasks(dict(c.losses.weights)))
     mesh = shd.make_mesh(data, fsdp, devices=devices)
@@ -39,9 +43,10 @@ def run(devices, data: int, fsdp: int) -> dict:
         state, m = step(state, gb, jax.random.key(1))
         losses.append({key: float(v) for key, v in jax.device_get(m).items()})
     sharded = [str(l.sharding.spec) for l in jax.tree.leaves(state.params)]
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
     params = [np.asarray(jax.device_get(l)).ravel().tolist() for l in jax.tree.leaves(state.params)]
     stats = [np.asarray(jax.device_get(l)).ravel().tolist() for l in jax.tree.leaves(state.batch_stats)]
-    return {"losses": losses, "params": params, "stats": stats,
+    return {"losses": losses, "params": params, "stats": stats, "names": names,
             "fsdp_sharded": sum("fsdp" in s for s in sharded)}
 
 
