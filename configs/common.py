@@ -78,7 +78,9 @@ def data_config() -> ml_collections.ConfigDict:
         config="full",
         data_dir=config_dict.placeholder(str),      # TFDS data_dir (local path or gs://)
         manual_dir=config_dict.placeholder(str),
-        procedural=dict(),                          # builder params for config 'procedural'
+        # builder params of synth_pedes/procedural (these defaults build the default config)
+        procedural=dict(num_identities=2000, images_per_identity=6, image_height=128, image_width=64,
+                        seed=0, num_val_ids=200, num_test_ids=200),
         train_split="train",
         eval_split="val",
         test_split="test",

@@ -20,7 +20,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.split = "test"                                   # report on test; select models on 'val'
     c.data_dir = config_dict.placeholder(str)
     c.manual_dir = config_dict.placeholder(str)
-    c.procedural = ml_collections.ConfigDict()         # builder params of the procedural config
+    # Builder parameters of synth_pedes/procedural (the defaults build the default config).
+    c.procedural = ml_collections.ConfigDict(dict(
+        num_identities=2000, images_per_identity=6, image_height=128, image_width=64, seed=0,
+        num_val_ids=200, num_test_ids=200))
     c.ap = "irra"                                      # 'irra' | 'trapezoid' (official PLIP mAP)
     c.batch_size = 128
     c.max_items = 0                                    # 0 = the whole split
