@@ -47,10 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.max_masked = 6
         c.data.workers = 0
         c.train.epochs = 0.0
-        c.train.steps = 80
+        c.train.steps = 60
         c.train.log_every = 10
         c.train.eval_every = 0
-        c.train.ckpt_every = 40
+        c.train.ckpt_every = 30
         c.train.eval_batch_size = 128
     if a.steps:
         c.train.steps = a.steps
