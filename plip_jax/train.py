@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from plip_jax import checkpoint as ckpt_lib
 from plip_jax import data_setup, optim, sharding as shd, state as state_lib, text_tower
@@ -155,12 +156,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     model = build_model(config.model, text_cfg, tasks)
     rng = state_lib.init_key(config.seed)
     example = data_setup.example_batch(config, text_cfg)
-    abstract = state_lib.abstract_state(model, optax_placeholder(), example, rng)
+    abstract = state_lib.abstract_state(model, optax.identity(), example, rng)
     tx, schedule = optim.make_optimizer(config.optim, abstract.params, steps_per_epoch, total_steps,
                                         config.data.batch_size)
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
                                  async_save=config.train.async_checkpoints)
-    abstract = state_lib.abstract_state(model, tx, example, rng)
+    # Only the optimizer state's shapes are new: no second trace of the model.
+    abstract = abstract.replace(opt_state=jax.eval_shape(tx.init, abstract.params))
     shardings = state_lib.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
     start_step = 0
     if ckpt.latest_step() is not None:
@@ -300,10 +302,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         print_table(f"Zero-shot text->image retrieval ({results['dataset']}, step {step})", rows)
         tokenizer.save(workdir / "tokenizer")
     return results
-
-
-def optax_placeholder():
-    """An identity optimizer used only to get parameter shapes before the real chain is built."""
-    import optax
-
-    return optax.identity()
