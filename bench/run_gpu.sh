@@ -35,10 +35,10 @@ if [[ $SMOKE == 1 ]]; then
   JAX_TIMEOUT="${JAX_TIMEOUT:-600}"; TORCH_TIMEOUT="${TORCH_TIMEOUT:-600}"
 else
   FLAGS=()
-  JAX_ROWS="${JAX_ROWS:-anchor:bf16:256,anchor:bf16:128,anchor:fp32:128,full:bf16:256,anchor:bf16:512,full:bf16:128,full:fp32:128,anchor:fp32:256,full:bf16:512}"
-  TORCH_ROWS="${TORCH_ROWS:-eager:fp32:128,eager:bf16:128,channels_last:bf16:128,compile:bf16:256,eager:bf16:256,channels_last:bf16:256,compile:bf16:128,compile:bf16:512}"
-  JAX_BUDGET="${JAX_BUDGET:-150}"; TORCH_BUDGET="${TORCH_BUDGET:-90}"
-  JAX_TIMEOUT="${JAX_TIMEOUT:-260}"; TORCH_TIMEOUT="${TORCH_TIMEOUT:-180}"
+  JAX_ROWS="${JAX_ROWS:-anchor:bf16:256,full:bf16:256,anchor:bf16:512,anchor:bf16:128,full:bf16:128,anchor:fp32:128,full:bf16:512,anchor:fp32:256,full:fp32:128}"
+  TORCH_ROWS="${TORCH_ROWS:-compile:bf16:256,eager:bf16:128,channels_last:bf16:128,eager:fp32:128,eager:bf16:256,channels_last:bf16:256,compile:bf16:512,compile:bf16:128}"
+  JAX_BUDGET="${JAX_BUDGET:-240}"; TORCH_BUDGET="${TORCH_BUDGET:-110}"
+  JAX_TIMEOUT="${JAX_TIMEOUT:-310}"; TORCH_TIMEOUT="${TORCH_TIMEOUT:-190}"
 fi
 [[ -n "${STEPS:-}" ]] && FLAGS+=(--steps "$STEPS")
 
@@ -61,7 +61,7 @@ EOF
 T0=$(date +%s)
 echo "== JAX (rows: $JAX_ROWS; budget ${JAX_BUDGET}s, hard limit ${JAX_TIMEOUT}s)"
 timeout -k 10 "$JAX_TIMEOUT" "$PY" bench/train_step.py "${FLAGS[@]}" --isolate --rows "$JAX_ROWS" \
-  --time-budget "$JAX_BUDGET" --row-grace 100 --out "$TMP/jax.json" ${OUT:+--also-dir "$OUT"}
+  --time-budget "$JAX_BUDGET" --row-grace 70 --out "$TMP/jax.json" ${OUT:+--also-dir "$OUT"}
 echo "JAX part exit $? after $(( $(date +%s) - T0 ))s"
 
 T1=$(date +%s)
