@@ -113,6 +113,12 @@ def finish_row(row: dict[str, Any], device_kind: str | None) -> dict[str, Any]:
         row["mfu"] = round(flops / (ms / 1e3) / peak, 4) if peak else None
     if flops and b:
         row["gflop_per_sample"] = round(flops / b / 1e9, 2)
+    pms = row.get("step_ms_pipelined")
+    if pms and b:  # back-to-back steps, one sync at the end: what a training loop sees
+        row["samples_per_s_pipelined"] = round(b / (pms / 1e3), 1)
+        if flops:
+            peak = peak_flops(device_kind or "", row.get("dtype", "fp32"))
+            row["mfu_pipelined"] = round(flops / (pms / 1e3) / peak, 4) if peak else None
     ordered = {k: row.get(k) for k in ROW_FIELDS}
     ordered.update({k: v for k, v in row.items() if k not in ordered})
     return ordered
