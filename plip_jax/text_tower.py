@@ -13,14 +13,22 @@ def minilm_dir() -> Path:
     return default_vocab_dir()
 
 
-def resolve(init: str, dropout: float | None = None) -> tuple[BertConfig, Path | None]:
-    """See `_resolve`; `dropout` (when not None) overrides both BERT dropout rates."""
+def resolve(init: str, dropout: float | None = None,
+            num_layers: int | None = None) -> tuple[BertConfig, Path | None]:
+    """See `_resolve`; `dropout` (when not None) overrides both BERT dropout rates; `num_layers`
+    (when not None) keeps only the first layers of the tower (a cheaper text side for CPU runs)."""
     import dataclasses
 
     cfg, folder = _resolve(init)
     if dropout is not None:
         cfg = dataclasses.replace(cfg, hidden_dropout_prob=float(dropout),
                                   attention_probs_dropout_prob=float(dropout))
+    if num_layers is not None:
+        n = int(num_layers)
+        if not 1 <= n <= cfg.num_hidden_layers:
+            raise ValueError(f"config.model.text.num_layers={num_layers!r}: must be in 1..{cfg.num_hidden_layers} "
+                             f"(the layers of text.init={init!r})")
+        cfg = dataclasses.replace(cfg, num_hidden_layers=n)
     return cfg, folder
 
 
@@ -44,15 +52,22 @@ def _resolve(init: str) -> tuple[BertConfig, Path | None]:
     return BertConfig.from_json_file(str(folder / "config.json")), folder
 
 
-def load_params(folder: Path) -> tuple[dict, dict]:
-    """Flax params of a HF BERT folder, and the load report (ignored/initialised keys)."""
+def load_params(folder: Path, num_layers: int | None = None) -> tuple[dict, dict]:
+    """Flax params of a HF BERT folder, and the load report (ignored/initialised keys); with
+    `num_layers`, only encoder layers 0..num_layers-1 are kept (the rest are reported as dropped)."""
     from plip_jax.convert.torch_io import load_hf_bert
 
     _, params, report = load_hf_bert(folder)
+    if num_layers is not None:
+        layers = params["encoder"]["layer"]
+        dropped = sorted((k for k in layers if int(k) >= int(num_layers)), key=int)
+        params = {**params, "encoder": {**params["encoder"],
+                                        "layer": {k: v for k, v in layers.items() if int(k) < int(num_layers)}}}
+        report = {**report, "dropped_layers": dropped}
     return params, report
 
 
 def from_config(model_cfg) -> tuple[BertConfig, Path | None]:
     """The text tower of `config.model` (init source + optional dropout override)."""
     text = model_cfg.text
-    return resolve(text.init, text.get("dropout", None))
+    return resolve(text.init, text.get("dropout", None), text.get("num_layers", None))

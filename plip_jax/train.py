@@ -105,7 +105,7 @@ def load_text_weights(config, state: state_lib.TrainState, shardings) -> state_l
     _, folder = text_tower.from_config(config.model)
     if folder is None:
         return state
-    params, _ = text_tower.load_params(folder)
+    params, _ = text_tower.load_params(folder, config.model.text.get("num_layers", None))
     current = state.params["text"]
     mismatched = [f"{a.shape} vs {np.shape(b)}" for a, b in zip(jax.tree.leaves(current), jax.tree.leaves(params))
                   if tuple(a.shape) != tuple(np.shape(b))]

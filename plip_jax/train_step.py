@@ -30,7 +30,8 @@ def compute_losses(outputs: dict, batch: dict, loss_cfg) -> tuple[jax.Array, dic
     parts = {}
     if "image_emb" in outputs and weights.get("ivlc", 0) > 0:
         parts["ivlc"] = cmpm_loss(outputs["image_emb"], outputs["text_emb"], batch["id"],
-                                  eps=float(loss_cfg.cmpm_eps), cosine_logits=bool(loss_cfg.cosine_logits))
+                                  eps=float(loss_cfg.cmpm_eps), cosine_logits=bool(loss_cfg.cosine_logits),
+                                  cosine_scale=float(getattr(loss_cfg, "cosine_scale", 1.0)))
     if "colour_pred" in outputs:
         parts["tic"] = colorization_loss(outputs["colour_pred"], outputs["target"],
                                          reduction=str(loss_cfg.tic_reduction))

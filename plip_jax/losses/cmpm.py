@@ -27,11 +27,11 @@ def _unit(x: jax.Array) -> jax.Array:
 
 
 def cmpm_loss(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array,
-              eps: float = 1e-8, cosine_logits: bool = False) -> jax.Array:
+              eps: float = 1e-8, cosine_logits: bool = False, cosine_scale: float = 1.0) -> jax.Array:
     """CMPM loss L_i2t + L_t2i in the official code form (projection logits, L2-normalised targets).
 
     logits_i2t = v @ unit(t).T (the raw norm acts as a temperature); ``cosine_logits=True`` uses
-    unit(v) @ unit(t).T instead. Target q = mask / mask.norm(dim=1) with torch broadcasting, i.e.
+    cosine_scale * unit(v) @ unit(t).T instead (a fixed inverse temperature, as CLIP's logit scale). Target q = mask / mask.norm(dim=1) with torch broadcasting, i.e.
     q[i, j] = mask[i, j] / ||mask[j, :]||.
     """
     _check_pair(image_emb, text_emb, ids, "cmpm_loss")
@@ -39,7 +39,7 @@ def cmpm_loss(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array,
     t = text_emb.astype(jnp.float32)
     v_hat, t_hat = _unit(v), _unit(t)
     if cosine_logits:
-        logits_i2t = jnp.matmul(v_hat, t_hat.T, precision=_HIGHEST)
+        logits_i2t = cosine_scale * jnp.matmul(v_hat, t_hat.T, precision=_HIGHEST)
         logits_t2i = logits_i2t.T
     else:
         logits_i2t = jnp.matmul(v, t_hat.T, precision=_HIGHEST)
