@@ -17,18 +17,16 @@ def _max_diff(a: list, b: list) -> float:
 
 
 @pytest.mark.parametrize("layout", ["data8", "data4_fsdp2"])
-def test_sharded_losses_and_first_step_match_single_device(results, layout):
+def test_sharded_losses_and_gradients_match_single_device(results, layout):
     single, sharded = results["single"], results[layout]
     for s, m in zip(single["losses"], sharded["losses"]):
         for key in ("loss", "loss_ivlc", "loss_tic", "loss_iap"):
             assert abs(s[key] - m[key]) <= 1e-5 * max(1.0, abs(s[key])), (key, s[key], m[key])
-    first_s, first_m = single["losses"][0], sharded["losses"][0]
-    assert abs(first_s["grad_norm"] - first_m["grad_norm"]) <= 1e-5 * first_s["grad_norm"]
+    for s, m in zip(single["losses"], sharded["losses"]):
+        # grad_norm is a sum of squares over ~100 leaves reduced in another order: 1e-4 relative.
+        assert abs(s["grad_norm"] - m["grad_norm"]) <= 1e-4 * s["grad_norm"], (s["grad_norm"], m["grad_norm"])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open bug: from the second step on, the image-encoder gradient of the full PLIP step differs "
-    "between 1 and 8 devices (losses agree); the ResNet alone, CMPM alone and the text tower agree"))
 @pytest.mark.parametrize("layout", ["data8", "data4_fsdp2"])
 def test_sharded_parameters_match_single_device(results, layout):
     single, sharded = results["single"], results[layout]

@@ -110,11 +110,11 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    _ok(_main(one, "steps=3"))
+    _ok(_main(one, "steps=3,recipe=release"))
     port = _free_port()
     env = {"PLIP_CPU_COLLECTIVES": "gloo"}
     procs = [subprocess.Popen(
-        [*MAIN, "--config", "tests/tiny_cfg.py:steps=3", "--workdir", str(two),
+        [*MAIN, "--config", "tests/tiny_cfg.py:steps=3,recipe=release", "--workdir", str(two),
          f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=subprocess_env(1, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
@@ -122,15 +122,15 @@ def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-4000:]
     a, b = _losses(one), _losses(two)
-    # Steps 1-2 agree to 1e-5. From step 3 the open multi-device image-gradient mismatch (see
-    # tests/test_sharding.py, xfail) moves the losses by ~3e-4 relative; bound it separately.
+    # The attention-pool recipe: paper_v2's max pool makes the tiny model's gradient chaotic at
+    # float32 resolution after the first update (tests/scripts/sharded_step.py says why).
     for step in (1, 2, 3):
-        tol = 1e-5 if step <= 2 else 1e-3
+        tol = 1e-5
         for key in ("loss", "loss_ivlc", "loss_tic", "loss_iap"):
             assert abs(a[step][key] - b[step][key]) <= tol * max(1.0, abs(a[step][key])), (step, key, a[step][key], b[step][key])
     # The two-process checkpoint (one data-iterator state per process) restores in a one-process
     # run, which re-derives the stream position from the step and continues to step 5.
-    resumed = _main(two, "steps=5")
+    resumed = _main(two, "steps=5,recipe=release")
     _ok(resumed)
     assert "Resumed from" in resumed.stdout and "at step 3" in resumed.stdout
     c = _losses(two)

@@ -11,5 +11,8 @@ from tiny import tiny_config  # noqa: E402
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, data="synthetic", steps=4, batch=16)
-    return tiny_config(data=a.data, steps=a.steps, batch=a.batch)
+    a = parse_arg(arg, data="synthetic", steps=4, batch=16, recipe="")
+    c = tiny_config(data=a.data, steps=a.steps, batch=a.batch)
+    if a.recipe:
+        c.model.recipe = a.recipe
+    return c
