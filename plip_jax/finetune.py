@@ -93,7 +93,7 @@ def load_backbone(config: ml_collections.ConfigDict, with_text: bool) -> Backbon
         # The text tower is kept even for image-only tasks, so every fine-tuned workdir loads
         # with `from_pretrained` (it is not trained there).
         if folder is not None:
-            variables["params"]["text"], _ = text_tower.load_params(folder, config.model.text.get("num_layers", None))
+            variables["params"]["text"], _ = text_tower.load_params(folder, text_cfg.num_hidden_layers)
         else:
             ids = jnp.zeros((1, 4), jnp.int32)
             variables["params"]["text"] = jax.jit(Bert(text_cfg).init)(key, ids, jnp.ones_like(ids))["params"]

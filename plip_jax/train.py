@@ -102,10 +102,10 @@ class MetricWriter:
 def load_text_weights(config, state: state_lib.TrainState, shardings) -> state_lib.TrainState:
     """Put the pretrained text tower (MiniLM / a HF folder) into a fresh state, outside jit, so
     large embeddings never become compile-time constants."""
-    _, folder = text_tower.from_config(config.model)
+    text_cfg, folder = text_tower.from_config(config.model)
     if folder is None:
         return state
-    params, _ = text_tower.load_params(folder, config.model.text.get("num_layers", None))
+    params, _ = text_tower.load_params(folder, text_cfg.num_hidden_layers)
     current = state.params["text"]
     mismatched = [f"{a.shape} vs {np.shape(b)}" for a, b in zip(jax.tree.leaves(current), jax.tree.leaves(params))
                   if tuple(a.shape) != tuple(np.shape(b))]

@@ -19,12 +19,13 @@ def _max_diff(a: list, b: list) -> float:
 @pytest.mark.parametrize("layout", ["data8", "data4_fsdp2"])
 def test_sharded_losses_and_gradients_match_single_device(results, layout):
     single, sharded = results["single"], results[layout]
-    for s, m in zip(single["losses"], sharded["losses"]):
+    for step, (s, m) in enumerate(zip(single["losses"], sharded["losses"])):
         for key in ("loss", "loss_ivlc", "loss_tic", "loss_iap"):
-            assert abs(s[key] - m[key]) <= 1e-5 * max(1.0, abs(s[key])), (key, s[key], m[key])
-    for s, m in zip(single["losses"], sharded["losses"]):
-        # grad_norm is a sum of squares over ~100 leaves reduced in another order: 1e-4 relative.
-        assert abs(s["grad_norm"] - m["grad_norm"]) <= 1e-4 * s["grad_norm"], (s["grad_norm"], m["grad_norm"])
+            assert abs(s[key] - m[key]) <= 1e-5 * max(1.0, abs(s[key])), (step, key, s[key], m[key])
+        # grad_norm sums squares over ~100 leaves reduced in another order: 1e-5 relative on the
+        # first step, 1e-4 after updates have spread the rounding (measured 1.4e-5 at step 3).
+        tol = 1e-5 if step == 0 else 1e-4
+        assert abs(s["grad_norm"] - m["grad_norm"]) <= tol * s["grad_norm"], (step, s["grad_norm"], m["grad_norm"])
 
 
 @pytest.mark.parametrize("layout", ["data8", "data4_fsdp2"])

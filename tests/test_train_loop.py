@@ -125,13 +125,15 @@ def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
     # The attention-pool recipe: paper_v2's max pool makes the tiny model's gradient chaotic at
     # float32 resolution after the first update (tests/scripts/sharded_step.py says why).
     for step in (1, 2, 3):
-        tol = 1e-5
         for key in ("loss", "loss_ivlc", "loss_tic", "loss_iap"):
-            assert abs(a[step][key] - b[step][key]) <= tol * max(1.0, abs(a[step][key])), (step, key, a[step][key], b[step][key])
+            assert abs(a[step][key] - b[step][key]) <= 1e-5 * max(1.0, abs(a[step][key])), (step, key, a[step][key], b[step][key])
     # The two-process checkpoint (one data-iterator state per process) restores in a one-process
     # run, which re-derives the stream position from the step and continues to step 5.
     resumed = _main(two, "steps=5,recipe=release")
     _ok(resumed)
     assert "Resumed from" in resumed.stdout and "at step 3" in resumed.stdout
     c = _losses(two)
-    assert 5 in c and all(k in c[5] and abs(c[5][k]) < 1e6 for k in ("loss", "loss_ivlc"))
+    assert 5 in c and all(k in c[5] for k in ("loss", "loss_ivlc"))
+    _ok(_main(one, "steps=5,recipe=release"))
+    d = _losses(one)
+    assert abs(c[5]["loss"] - d[5]["loss"]) <= 1e-5 * max(1.0, abs(d[5]["loss"]))

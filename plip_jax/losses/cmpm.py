@@ -31,8 +31,8 @@ def cmpm_loss(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array,
     """CMPM loss L_i2t + L_t2i in the official code form (projection logits, L2-normalised targets).
 
     logits_i2t = v @ unit(t).T (the raw norm acts as a temperature); ``cosine_logits=True`` uses
-    cosine_scale * unit(v) @ unit(t).T instead (a fixed inverse temperature, as CLIP's logit scale). Target q = mask / mask.norm(dim=1) with torch broadcasting, i.e.
-    q[i, j] = mask[i, j] / ||mask[j, :]||.
+    cosine_scale * unit(v) @ unit(t).T instead (a fixed inverse temperature, as CLIP's logit scale).
+    Target q = mask / mask.norm(dim=1) with torch broadcasting, i.e. q[i, j] = mask[i, j] / ||mask[j, :]||.
     """
     _check_pair(image_emb, text_emb, ids, "cmpm_loss")
     v = image_emb.astype(jnp.float32)
