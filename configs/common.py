@@ -46,7 +46,10 @@ def model_config(recipe: str = "release") -> ml_collections.ConfigDict:
         text=dict(init="bert-base", frozen_layers=8, mask_padding=True,
                   dropout=None,              # None: the BERT config's rates; a float overrides both
                   num_layers=config_dict.placeholder(int)),  # None: all layers of `init`
-        tic=dict(fpn_dim=256),
+        # gray_updates_bn_stats: False = the TIC gray pass normalises with its batch statistics but
+        # leaves the BN running statistics (used at evaluation, on colour images) to the colour
+        # pass; True = PyTorch's train-mode default, which blends gray into them (docs/contracts.md).
+        tic=dict(fpn_dim=256, gray_updates_bn_stats=False),
         iap=dict(fusion="add", num_layers=1, heads=12, mlp_dim=3072),
         init_checkpoint=config_dict.placeholder(str),   # official .pth.tar / workdir to start from
     ))

@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(64, 32))
         c.model.text = dict(init="minilm", frozen_layers=5, mask_padding=True, dropout=None,
                             num_layers=config_dict.placeholder(int))
-        c.model.tic = dict(fpn_dim=16)
+        c.model.tic.fpn_dim = 16
         c.model.iap = dict(fusion="add", num_layers=1, heads=6, mlp_dim=768)
         c.optim.name = "adamw"
         c.optim.lr = 2e-3

@@ -196,6 +196,23 @@ def test_train_mode_batch_stats_parity():
         assert _rel_err(new_flax[var_key], expected) < RTOL, var_key
 
 
+def test_train_pass_without_stat_update():
+    """update_stats=False: same batch-statistics output as train mode, running stats untouched."""
+    variables = _small_variables("attn")
+    model = _flax_model(SMALL, "attn")
+    _, xj = _inputs(SMALL, n=3)
+    (emb, feats), updates = _small_apply("attn", train=True)(variables, xj)
+    (emb2, feats2), kept = jax.jit(functools.partial(
+        model.apply, train=True, update_stats=False, mutable=["batch_stats"]))(variables, xj)
+    np.testing.assert_array_equal(np.asarray(emb2), np.asarray(emb))
+    for a, b in zip(feats2, feats):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                                         updates["batch_stats"], variables["batch_stats"]))
+    assert all(moved)  # the ordinary train pass moves every running statistic
+    jax.tree.map(np.testing.assert_array_equal, kept["batch_stats"], variables["batch_stats"])
+
+
 def test_bfloat16_compute():
     """dtype=bf16 runs with float32 params, returns a float32 embedding close to the fp32 one."""
     variables = _small_variables("attn")

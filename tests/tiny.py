@@ -11,7 +11,7 @@ def tiny_config(data: str = "synthetic", steps: int = 4, batch: int = 16) -> ml_
     c = pretrain.get_config("mini")
     c.model.image = dict(layers=(1, 1, 1, 1), width=8, heads=2, output_dim=32, input_size=(64, 32))
     c.model.text = dict(init="random:2x32x2", frozen_layers=1, mask_padding=True, dropout=0.0)
-    c.model.tic = dict(fpn_dim=8)
+    c.model.tic.fpn_dim = 8
     c.model.iap = dict(fusion="add", num_layers=1, heads=2, mlp_dim=64)
     c.optim.frozen = (r"^text/embeddings/.*", r"^text/encoder/layer/0/.*")
     if data == "procedural":

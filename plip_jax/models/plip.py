@@ -45,6 +45,7 @@ class PLIP(nn.Module):
     mask_padding: bool = True
     tasks: tuple[str, ...] = TASKS
     fpn_dim: int = 256
+    gray_updates_bn_stats: bool = False
     iap_fusion: str = "add"
     iap_layers: int = 1
     iap_heads: int = 12
@@ -71,9 +72,9 @@ class PLIP(nn.Module):
                 heads=self.iap_heads, mlp_dim=self.iap_mlp_dim, fusion=self.iap_fusion,
                 num_layers=self.iap_layers, dtype=self.dtype)
 
-    def encode_image(self, images: jax.Array, train: bool = False):
+    def encode_image(self, images: jax.Array, train: bool = False, update_stats: bool = True):
         """Normalised NHWC float images -> (global embedding, (x1, x2, x3, x4))."""
-        return self.image(images, train=train)
+        return self.image(images, train=train, update_stats=update_stats)
 
     def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array, train: bool = False):
         """Token ids -> (global embedding, last hidden states)."""
@@ -90,7 +91,10 @@ class PLIP(nn.Module):
         out["image_emb"], out["text_emb"] = v_global, t_global
         if "tic" in self.tasks:
             gray = transforms.gray_normalized(image_u8).astype(self.dtype)
-            _, gray_feats = self.encode_image(gray, train=train)
+            # The gray pass normalises with its own batch statistics; by default it does not write
+            # the running ones, which evaluation (colour images) uses (docs/contracts.md).
+            _, gray_feats = self.encode_image(gray, train=train,
+                                              update_stats=self.gray_updates_bn_stats)
             out["colour_pred"] = self.tic(gray_feats, t_global)
         if "iap" in self.tasks:
             _, masked_hidden = self.encode_text(batch["masked_input_ids"], batch["attention_mask"],
@@ -115,6 +119,8 @@ def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS
         output_dim=int(img.output_dim), input_size=tuple(img.input_size), text_config=text_config,
         recipe=model_cfg.recipe, frozen_text_layers=int(model_cfg.text.frozen_layers),
         mask_padding=bool(model_cfg.text.get("mask_padding", True)), tasks=tuple(tasks),
-        fpn_dim=int(model_cfg.tic.fpn_dim), iap_fusion=model_cfg.iap.fusion,
+        fpn_dim=int(model_cfg.tic.fpn_dim),
+        gray_updates_bn_stats=bool(model_cfg.tic.get("gray_updates_bn_stats", False)),
+        iap_fusion=model_cfg.iap.fusion,
         iap_layers=int(model_cfg.iap.num_layers), iap_heads=int(model_cfg.iap.heads),
         iap_mlp_dim=int(model_cfg.iap.mlp_dim), dtype=dtype)

@@ -57,11 +57,16 @@ def _conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1) 
     )
 
 
-def _bn(train: bool, dtype: Dtype, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-    """BatchNorm matching PyTorch (momentum 0.1 == Flax 0.9, eps 1e-5); stats in 'batch_stats'."""
+def _bn(train: bool, dtype: Dtype, name: str, zero_scale: bool = False,
+        update_stats: bool = True) -> nn.BatchNorm:
+    """BatchNorm matching PyTorch (momentum 0.1 == Flax 0.9, eps 1e-5); stats in 'batch_stats'.
+
+    ``update_stats=False`` (train mode only): normalise with the batch statistics but leave the
+    running ones as they are (Flax momentum 1.0 keeps ``1.0 * running + 0.0 * batch``).
+    """
     return nn.BatchNorm(
         use_running_average=not train,
-        momentum=0.9,
+        momentum=0.9 if update_stats else 1.0,
         epsilon=1e-5,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -78,10 +83,10 @@ class Downsample(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False, update_stats: bool = True) -> Array:
         x = _avg_pool(x, self.stride)
         x = _conv(self.features, 1, self.dtype, "0")(x)
-        return _bn(train, self.dtype, "1")(x)
+        return _bn(train, self.dtype, "1", update_stats=update_stats)(x)
 
 
 class Bottleneck(nn.Module):
@@ -93,17 +98,18 @@ class Bottleneck(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False, update_stats: bool = True) -> Array:
         out_features = self.planes * self.expansion
-        out = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self.planes, 1, self.dtype, "conv1")(x)))
-        out = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self.planes, 3, self.dtype, "conv2")(out)))
+        bn = functools.partial(_bn, train, self.dtype, update_stats=update_stats)
+        out = nn.relu(bn("bn1")(_conv(self.planes, 1, self.dtype, "conv1")(x)))
+        out = nn.relu(bn("bn2")(_conv(self.planes, 3, self.dtype, "conv2")(out)))
         out = _avg_pool(out, self.stride)
-        out = _bn(train, self.dtype, "bn3", zero_scale=True)(_conv(out_features, 1, self.dtype, "conv3")(out))
+        out = bn("bn3", zero_scale=True)(_conv(out_features, 1, self.dtype, "conv3")(out))
         identity = x
         if self.stride > 1 or x.shape[-1] != out_features:
             identity = Downsample(
                 features=out_features, stride=self.stride, dtype=self.dtype, name="downsample"
-            )(x, train)
+            )(x, train, update_stats)
         return nn.relu(out + identity)
 
 
@@ -116,11 +122,11 @@ class ResLayer(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False, update_stats: bool = True) -> Array:
         for i in range(self.blocks):
             x = Bottleneck(
                 planes=self.planes, stride=self.stride if i == 0 else 1, dtype=self.dtype, name=str(i)
-            )(x, train)
+            )(x, train, update_stats)
         return x
 
 
@@ -190,7 +196,9 @@ class ModifiedResNet(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> tuple[Array, tuple[Array, ...]]:
+    def __call__(self, x: Array, train: bool = False,
+                 update_stats: bool = True) -> tuple[Array, tuple[Array, ...]]:
+        """``update_stats=False``: a train-mode pass that leaves the BN running statistics alone."""
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"ModifiedResNet expects NHWC images (N, H, W, 3); got shape {x.shape}")
         if len(self.layers) != 4:
@@ -202,7 +210,7 @@ class ModifiedResNet(nn.Module):
         stem = ((self.width // 2, 2), (self.width // 2, 1), (self.width, 1))
         for i, (features, stride) in enumerate(stem, start=1):
             x = _conv(features, 3, self.dtype, f"conv{i}", stride=stride)(x)
-            x = nn.relu(_bn(train, self.dtype, f"bn{i}")(x))
+            x = nn.relu(_bn(train, self.dtype, f"bn{i}", update_stats=update_stats)(x))
         x = _avg_pool(x, 2)
 
         feats = []
@@ -213,7 +221,7 @@ class ModifiedResNet(nn.Module):
                 stride=1 if i == 0 else 2,
                 dtype=self.dtype,
                 name=f"layer{i + 1}",
-            )(x, train)
+            )(x, train, update_stats)
             feats.append(x)
 
         c = x.shape[-1]
