@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.log_every = 10
         c.train.eval_every = 0
         c.train.ckpt_every = 50
-        c.train.eval_batch_size = 128
+        c.train.eval_batch_size = 64
     if a.steps:
         c.train.steps = a.steps
     if a.batch:

@@ -1,39 +1,68 @@
-"""The PLIP module's pre-training forward: which passes write the BatchNorm running statistics."""
+"""The PLIP module's pre-training forward (which passes write the BatchNorm running statistics) and
+the length-bucketed caption embedding of evaluation."""
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
 
-from plip_jax import data_setup, text_tower
+from plip_jax import data_setup, state as state_lib, text_tower
 from plip_jax.models.plip import build_model
 from tests.tiny import tiny_config
 
 
-def _stats_after_forward(gray_updates: bool, tasks: tuple[str, ...]) -> tuple[dict, dict]:
+@functools.cache
+def _setup(recipe: str = "paper_v2", tasks: tuple[str, ...] = ("ivlc", "tic", "iap")):
     c = tiny_config()
-    c.model.tic.gray_updates_bn_stats = gray_updates
+    c.model.recipe = recipe
     text_cfg, _ = text_tower.resolve(c.model.text.init, dropout=0.0)
-    model = build_model(c.model, text_cfg, tasks=tasks)
     batch = data_setup.example_batch(c, text_cfg)
     batch["image"] = np.random.default_rng(0).integers(0, 256, batch["image"].shape).astype(np.uint8)
-    variables = jax.jit(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                                            batch, train=True))()
-    _, mutated = jax.jit(lambda v: model.apply(v, batch, train=True, mutable=["batch_stats"],
-                                               rngs={"dropout": jax.random.key(2)}))(variables)
-    return variables["batch_stats"], mutated["batch_stats"]
+    model = build_model(c.model, text_cfg, tasks=tasks)
+    variables = jax.jit(lambda: state_lib.init_variables(model, state_lib.init_key(0), batch))()
+    return c, text_cfg, batch, variables
+
+
+def _running_stats_after_step(gray_updates: bool, tasks: tuple[str, ...]) -> dict:
+    """batch_stats after one train-mode forward of a model with `tasks`, from the same variables."""
+    c, text_cfg, batch, variables = _setup()
+    c = c.copy_and_resolve_references()
+    c.model.tic.gray_updates_bn_stats = gray_updates
+    model = build_model(c.model, text_cfg, tasks=tasks)
+    apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+    _, mutated = apply(variables, batch, rngs={"dropout": jax.random.key(2)})
+    return mutated["batch_stats"]
 
 
 def test_gray_pass_leaves_running_stats_to_the_colour_pass():
-    """Default: the running statistics after a TIC step are those of the colour pass alone."""
-    before, with_tic = _stats_after_forward(False, ("ivlc", "tic", "iap"))
-    _, colour_only = _stats_after_forward(False, ("ivlc",))
+    """Default: the running statistics after a TIC step are those of the colour pass alone; the
+    option gray_updates_bn_stats=True (PyTorch's train-mode default) blends the gray batch in."""
+    before = _setup()[3]["batch_stats"]
+    colour_only = _running_stats_after_step(False, ("ivlc",))
+    with_tic = _running_stats_after_step(False, ("ivlc", "tic", "iap"))
     jax.tree.map(np.testing.assert_array_equal, with_tic, colour_only)
     assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), with_tic, before)))
-
-
-def test_gray_updates_bn_stats_option_blends_them():
-    """gray_updates_bn_stats=True (PyTorch's train-mode default) writes the gray batch in too."""
-    _, blended = _stats_after_forward(True, ("ivlc", "tic", "iap"))
-    _, colour_only = _stats_after_forward(True, ("ivlc",))
+    blended = _running_stats_after_step(True, ("ivlc", "tic", "iap"))
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), blended, colour_only))
     assert max(diffs) > 1e-3
+
+
+def test_embedder_length_buckets_match_full_length():
+    """Embedder.texts sorts captions by length and cuts padding columns: same embeddings as padded L."""
+    from plip_jax.evals.embed import Embedder
+
+    rng = np.random.default_rng(0)
+    n, length = 21, 16
+    lengths = rng.integers(3, length + 1, n)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(5, 100, (n, length)).astype(np.int32) * mask
+    for recipe in ("release", "paper_v2"):  # BERT pooler (token 0) and masked mean
+        c, text_cfg, _, variables = _setup(recipe, ("ivlc",))
+        emb = Embedder(build_model(c.model, text_cfg, tasks=("ivlc",)), batch_size=8)
+        bucketed = emb.texts(variables, ids, mask)
+        full = emb.texts(variables, ids, mask, bucket=0)
+        assert bucketed.shape == (n, text_cfg.hidden_size)
+        np.testing.assert_allclose(bucketed, full, rtol=1e-5, atol=1e-6)
+        one = emb.texts(variables, ids[5:6], mask[5:6])  # order restored: row 5 is caption 5
+        np.testing.assert_allclose(one[0], full[5], rtol=1e-5, atol=1e-6)

@@ -76,15 +76,35 @@ class Embedder:
             out.append(_get(self._img(v, _put(x, self.sharding)))[: e - s])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-    def texts(self, variables: dict, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Token ids (N,L) -> (N,D) float32."""
+    def texts(self, variables: dict, input_ids: np.ndarray, attention_mask: np.ndarray,
+              bucket: int = 8) -> np.ndarray:
+        """Token ids (N,L) -> (N,D) float32.
+
+        Captions are encoded in order of length, each batch cut to its longest caption rounded up to
+        a multiple of `bucket` (at most L/bucket compiled shapes): padding columns are masked out
+        anyway, and a 48-token pad on 32-token captions costs twice the compute. `bucket=0` keeps L.
+        """
         v = self.eval_variables(variables)
-        out = []
-        for s, e in _batches(len(input_ids), self.batch_size):
-            ids = _pad(np.asarray(input_ids[s:e]), self.batch_size)
-            mask = _pad(np.asarray(attention_mask[s:e]), self.batch_size)
-            out.append(_get(self._txt(v, _put(ids, self.sharding), _put(mask, self.sharding)))[: e - s])
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        input_ids, attention_mask = np.asarray(input_ids), np.asarray(attention_mask)
+        n, length = input_ids.shape[:2] if input_ids.ndim == 2 else (len(input_ids), 0)
+        # One past the last attended position per caption (robust to any padding side).
+        nonzero = attention_mask > 0
+        lengths = np.where(nonzero.any(axis=1), length - np.argmax(nonzero[:, ::-1], axis=1), 0) \
+            if n else np.zeros((0,), np.int64)
+        order = np.argsort(lengths, kind="stable") if bucket else np.arange(n)
+        out = np.zeros((n, 0), np.float32)
+        for s, e in _batches(n, self.batch_size):
+            idx = order[s:e]
+            cut = length
+            if bucket:
+                cut = min(length, max(bucket, -(-int(lengths[idx].max()) // bucket) * bucket))
+            ids = _pad(input_ids[idx, :cut], self.batch_size)
+            mask = _pad(attention_mask[idx, :cut], self.batch_size)
+            emb = _get(self._txt(v, _put(ids, self.sharding), _put(mask, self.sharding)))[: e - s]
+            if out.shape[1] != emb.shape[1]:
+                out = np.zeros((n, emb.shape[1]), np.float32)
+            out[idx] = emb
+        return out
 
 
 def text_reid_eval(embedder: Embedder, variables: dict, split: dict[str, Any], ap: str = "irra") -> dict:

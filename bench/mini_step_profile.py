@@ -1,0 +1,76 @@
+"""Where the :mini train step's CPU time goes: the jitted step of configs/pretrain.py:mini timed with
+pieces switched off (a task weight 0, fewer MiniLM layers, a shorter caption length).
+
+  python bench/mini_step_profile.py [name=override,override ...]
+
+Prints ms/step (median of 8 after 2 warm-up steps, batch from `example_batch` at the mini batch size)
+per variant. Used to size the :mini recipe for 2 CPU cores (README "Embedded default").
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs import pretrain  # noqa: E402
+from plip_jax import data_setup, optim, state as state_lib, text_tower  # noqa: E402
+from plip_jax.data import synthetic  # noqa: E402
+from plip_jax.models.plip import build_model  # noqa: E402
+from plip_jax.train_step import active_tasks, make_train_step  # noqa: E402
+
+VARIANTS = {
+    "mini": {},
+    "no_tic": {"losses.weights.tic": 0.0},
+    "no_iap": {"losses.weights.iap": 0.0},
+    "ivlc_only": {"losses.weights.tic": 0.0, "losses.weights.iap": 0.0},
+    "text_3_layers": {"model.text.num_layers": 3, "model.text.frozen_layers": 2,
+                      "optim.frozen": (r"^text/embeddings/.*", r"^text/encoder/layer/[0-1]/.*")},
+    "len_32": {"data.max_length": 32},
+}
+
+
+def _set(c, key: str, value) -> None:
+    *path, last = key.split(".")
+    for p in path:
+        c = c[p]
+    c[last] = value
+
+
+def time_variant(overrides: dict, steps: int = 8) -> float:
+    c = pretrain.get_config("mini")
+    for k, v in overrides.items():
+        _set(c, k, v)
+    text_cfg, _ = text_tower.from_config(c.model)
+    model = build_model(c.model, text_cfg, active_tasks(dict(c.losses.weights)))
+    d = c.data
+    batch = synthetic.synthetic_batch(d.batch_size, tuple(c.model.image.input_size), d.max_length, d.max_masked,
+                                      vocab_size=text_cfg.vocab_size, num_ids=d.batch_size // 2, seed=0)
+    example = data_setup.example_batch(c, text_cfg)
+    abstract = state_lib.abstract_state(model, __import__("optax").identity(), example, state_lib.init_key(0))
+    tx, schedule = optim.make_optimizer(c.optim, abstract.params, 1000, 1000, d.batch_size)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+    state, _ = state_lib.create_state(model, tx, example, 0, mesh, c.mesh.fsdp_min_size)
+    step = jax.jit(make_train_step(model, tx, c.losses, schedule), donate_argnums=0)
+    rng = jax.random.key(1)
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        state, m = step(state, batch, rng)
+        jax.block_until_ready(m["loss"])
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[2:]) * 1e3)
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(VARIANTS)
+    print(f"{'variant':<16} {'ms/step':>9}")
+    for name in names:
+        print(f"{name:<16} {time_variant(VARIANTS[name]):9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
