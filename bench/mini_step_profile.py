@@ -30,6 +30,7 @@ VARIANTS = {
     "text_3_layers": {"model.text.num_layers": 3, "model.text.frozen_layers": 2,
                       "optim.frozen": (r"^text/embeddings/.*", r"^text/encoder/layer/[0-1]/.*")},
     "len_32": {"data.max_length": 32},
+    "text_dropout_0": {"model.text.dropout": 0.0},
 }
 
 

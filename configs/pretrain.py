@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # tower trains only its last layer, and the recipe is paper_v2 (mean-pooled text), which is
         # how all-MiniLM-L6-v2 was trained to embed sentences.
         c.model.recipe = a.recipe if arg and "recipe=" in arg else "paper_v2"
-        c.model.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(64, 32))
+        c.model.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(64, 32),
+                             pool=config_dict.placeholder(str))
         c.model.text = dict(init="minilm", frozen_layers=5, mask_padding=True, dropout=None,
                             num_layers=config_dict.placeholder(int))
         c.model.tic.fpn_dim = 16

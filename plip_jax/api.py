@@ -199,7 +199,8 @@ def _complete_config(cfg: dict) -> dict:
     cfg["recipe"] = cfg.get("recipe", "release")
     if cfg["recipe"] not in RECIPES:
         raise CheckpointError(f"unknown recipe {cfg['recipe']!r}; expected one of {RECIPES}")
-    img.setdefault("pool", "attn" if cfg["recipe"] == "release" else "max")
+    if not img.get("pool"):
+        img["pool"] = "attn" if cfg["recipe"] == "release" else "max"
     img["layers"], img["input_size"] = list(img["layers"]), list(img["input_size"])
     cfg["image"] = img
     cfg["text"] = dict(cfg["text"])
@@ -328,7 +329,8 @@ def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
                 "text": _text_config_from_train(model_cfg),
                 "recipe": model_cfg.get("recipe", "release"),
                 "max_length": data_cfg.get("max_length", MAX_LENGTH)}
-        arch["image"].setdefault("pool", "attn" if arch["recipe"] == "release" else "max")
+        if not arch["image"].get("pool"):
+            arch["image"]["pool"] = "attn" if arch["recipe"] == "release" else "max"
     if recipe is not None:
         arch["recipe"] = recipe
     p = Path(path)

@@ -35,7 +35,7 @@ from plip_jax.data import transforms
 from plip_jax.losses.cmpm import cmpc_loss, cmpm_loss
 from plip_jax.losses.reid import attribute_pos_weights, label_smoothing_ce, triplet_loss, weighted_bce
 from plip_jax.models.bert import Bert, BertConfig
-from plip_jax.models.plip import text_global
+from plip_jax.models.plip import image_pool, text_global
 from plip_jax.models.reid_heads import AttributeClassifier, BNNeck, CMPCClassifier
 from plip_jax.models.resnet import ModifiedResNet
 from plip_jax.train import ConfigError, MetricWriter
@@ -81,7 +81,7 @@ def load_backbone(config: ml_collections.ConfigDict, with_text: bool) -> Backbon
         text_cfg = BertConfig.from_dict(dict(arch["text"]))
     else:
         img = dict(config.model.image)
-        img["pool"] = "attn" if config.model.recipe == "release" else "max"
+        img["pool"] = image_pool(config.model.recipe, img.get("pool", None))
         text_cfg, folder = text_tower.from_config(config.model)
         arch = {"image": img, "text": text_cfg.to_dict(), "recipe": config.model.recipe,
                 "max_length": int(config.data.max_length)}

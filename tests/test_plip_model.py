@@ -66,3 +66,21 @@ def test_embedder_length_buckets_match_full_length():
         np.testing.assert_allclose(bucketed, full, rtol=1e-5, atol=1e-6)
         one = emb.texts(variables, ids[5:6], mask[5:6])  # order restored: row 5 is caption 5
         np.testing.assert_allclose(one[0], full[5], rtol=1e-5, atol=1e-6)
+
+
+def test_image_pool_option_overrides_the_recipe():
+    """model.image.pool picks the global pooling independently of the recipe; a bad value is one line."""
+    import pytest
+
+    from plip_jax.models.plip import image_pool
+
+    assert image_pool("release") == "attn" and image_pool("paper_v2") == "max"
+    c, text_cfg, batch, _ = _setup()
+    c = c.copy_and_resolve_references()
+    c.model.image["pool"] = "attn"
+    model = build_model(c.model, text_cfg)
+    shapes = jax.eval_shape(lambda: state_lib.init_variables(model, state_lib.init_key(0), batch))
+    assert "attnpool" in shapes["params"]["image"] and "proj" not in shapes["params"]["image"]
+    c.model.image["pool"] = "mean"
+    with pytest.raises(ValueError, match="pool must be 'attn', 'max' or None"):
+        build_model(c.model, text_cfg)

@@ -31,6 +31,15 @@ def text_global(last_hidden: jax.Array, pooled: jax.Array, attention_mask: jax.A
     return jnp.mean(last_hidden.astype(jnp.float32), axis=1)
 
 
+def image_pool(recipe: str, pool: str | None = None) -> str:
+    """The image encoder's global pooling: `pool` when given, else the recipe's (attn | max)."""
+    if pool is None:
+        return "attn" if recipe == "release" else "max"
+    if pool not in ("attn", "max"):
+        raise ValueError(f"config.model.image.pool must be 'attn', 'max' or None (the recipe's), got {pool!r}")
+    return pool
+
+
 class PLIP(nn.Module):
     """PLIP encoders + pretext heads; `tasks` decides which heads exist (ablations)."""
 
@@ -41,6 +50,7 @@ class PLIP(nn.Module):
     input_size: tuple[int, int] = (256, 128)
     text_config: BertConfig = None  # type: ignore[assignment]
     recipe: str = "release"
+    image_pool: str | None = None  # None: the recipe's pooling
     frozen_text_layers: int = 0
     mask_padding: bool = True
     tasks: tuple[str, ...] = TASKS
@@ -61,7 +71,7 @@ class PLIP(nn.Module):
         self.image = ModifiedResNet(
             layers=tuple(self.image_layers), width=self.image_width, heads=self.image_heads,
             output_dim=self.output_dim, input_size=tuple(self.input_size),
-            pool="attn" if self.recipe == "release" else "max", dtype=self.dtype)
+            pool=image_pool(self.recipe, self.image_pool), dtype=self.dtype)
         self.text = Bert(self.text_config, dtype=self.dtype, frozen_layers=self.frozen_text_layers)
         if "tic" in self.tasks:
             self.tic = ColorizationDecoder(text_dim=self.text_config.hidden_size,
@@ -117,7 +127,8 @@ def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS
     return PLIP(
         image_layers=tuple(img.layers), image_width=int(img.width), image_heads=int(img.heads),
         output_dim=int(img.output_dim), input_size=tuple(img.input_size), text_config=text_config,
-        recipe=model_cfg.recipe, frozen_text_layers=int(model_cfg.text.frozen_layers),
+        recipe=model_cfg.recipe, image_pool=image_pool(model_cfg.recipe, img.get("pool", None)),
+        frozen_text_layers=int(model_cfg.text.frozen_layers),
         mask_padding=bool(model_cfg.text.get("mask_padding", True)), tasks=tuple(tasks),
         fpn_dim=int(model_cfg.tic.fpn_dim),
         gray_updates_bn_stats=bool(model_cfg.tic.get("gray_updates_bn_stats", False)),
