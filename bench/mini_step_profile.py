@@ -3,8 +3,8 @@ pieces switched off (a task weight 0, fewer MiniLM layers, a shorter caption len
 
   python bench/mini_step_profile.py [name=override,override ...]
 
-Prints ms/step (median of 8 after 2 warm-up steps, batch from `example_batch` at the mini batch size)
-per variant. Used to size the :mini recipe for 2 CPU cores (README "Embedded default").
+Prints ms/step (median of 8 after 2 warm-up steps, a synthetic batch at the mini batch size) and
+GFLOP/step (XLA's cost analysis of the lowered step) per variant. Used to size the :mini recipe for 2 CPU cores (README "Embedded default").
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _set(c, key: str, value) -> None:
     c[last] = value
 
 
-def time_variant(overrides: dict, steps: int = 8) -> float:
+def time_variant(overrides: dict, steps: int = 8) -> tuple[float, float]:
     c = pretrain.get_config("mini")
     for k, v in overrides.items():
         _set(c, k, v)
@@ -57,20 +57,24 @@ def time_variant(overrides: dict, steps: int = 8) -> float:
     state, _ = state_lib.create_state(model, tx, example, 0, mesh, c.mesh.fsdp_min_size)
     step = jax.jit(make_train_step(model, tx, c.losses, schedule), donate_argnums=0)
     rng = jax.random.key(1)
+    cost = step.lower(state, batch, rng).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    gflop = float(cost.get("flops", float("nan"))) / 1e9
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
         state, m = step(state, batch, rng)
         jax.block_until_ready(m["loss"])
         times.append(time.perf_counter() - t)
-    return float(np.median(times[2:]) * 1e3)
+    return float(np.median(times[2:]) * 1e3), gflop
 
 
 def main(argv: list[str]) -> None:
     names = argv or list(VARIANTS)
-    print(f"{'variant':<16} {'ms/step':>9}")
+    print(f"{'variant':<16} {'ms/step':>9} {'GFLOP':>7}")
     for name in names:
-        print(f"{name:<16} {time_variant(VARIANTS[name]):9.0f}", flush=True)
+        ms, gflop = time_variant(VARIANTS[name])
+        print(f"{name:<16} {ms:9.0f} {gflop:7.1f}", flush=True)
 
 
 if __name__ == "__main__":
