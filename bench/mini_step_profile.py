@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import pretrain  # noqa: E402
@@ -51,7 +52,7 @@ def time_variant(overrides: dict, steps: int = 8) -> tuple[float, float]:
     batch = synthetic.synthetic_batch(d.batch_size, tuple(c.model.image.input_size), d.max_length, d.max_masked,
                                       vocab_size=text_cfg.vocab_size, num_ids=d.batch_size // 2, seed=0)
     example = data_setup.example_batch(c, text_cfg)
-    abstract = state_lib.abstract_state(model, __import__("optax").identity(), example, state_lib.init_key(0))
+    abstract = state_lib.abstract_state(model, optax.identity(), example, state_lib.init_key(0))
     tx, schedule = optim.make_optimizer(c.optim, abstract.params, 1000, 1000, d.batch_size)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
     state, _ = state_lib.create_state(model, tx, example, 0, mesh, c.mesh.fsdp_min_size)

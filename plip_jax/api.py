@@ -199,8 +199,9 @@ def _complete_config(cfg: dict) -> dict:
     cfg["recipe"] = cfg.get("recipe", "release")
     if cfg["recipe"] not in RECIPES:
         raise CheckpointError(f"unknown recipe {cfg['recipe']!r}; expected one of {RECIPES}")
-    if not img.get("pool"):
-        img["pool"] = "attn" if cfg["recipe"] == "release" else "max"
+    from plip_jax.models.plip import image_pool
+
+    img["pool"] = image_pool(cfg["recipe"], img.get("pool") or None)
     img["layers"], img["input_size"] = list(img["layers"]), list(img["input_size"])
     cfg["image"] = img
     cfg["text"] = dict(cfg["text"])
@@ -329,8 +330,9 @@ def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
                 "text": _text_config_from_train(model_cfg),
                 "recipe": model_cfg.get("recipe", "release"),
                 "max_length": data_cfg.get("max_length", MAX_LENGTH)}
-        if not arch["image"].get("pool"):
-            arch["image"]["pool"] = "attn" if arch["recipe"] == "release" else "max"
+        from plip_jax.models.plip import image_pool
+
+        arch["image"]["pool"] = image_pool(arch["recipe"], arch["image"].get("pool") or None)
     if recipe is not None:
         arch["recipe"] = recipe
     p = Path(path)

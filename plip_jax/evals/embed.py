@@ -86,25 +86,21 @@ class Embedder:
         """
         v = self.eval_variables(variables)
         input_ids, attention_mask = np.asarray(input_ids), np.asarray(attention_mask)
-        n, length = input_ids.shape[:2] if input_ids.ndim == 2 else (len(input_ids), 0)
+        if len(input_ids) == 0:
+            return np.zeros((0, 0), np.float32)
+        length = input_ids.shape[1]
         # One past the last attended position per caption (robust to any padding side).
         nonzero = attention_mask > 0
-        lengths = np.where(nonzero.any(axis=1), length - np.argmax(nonzero[:, ::-1], axis=1), 0) \
-            if n else np.zeros((0,), np.int64)
-        order = np.argsort(lengths, kind="stable") if bucket else np.arange(n)
-        out = np.zeros((n, 0), np.float32)
-        for s, e in _batches(n, self.batch_size):
+        ends = np.where(nonzero.any(axis=1), length - np.argmax(nonzero[:, ::-1], axis=1), 0)
+        order = np.argsort(ends, kind="stable") if bucket else np.arange(len(input_ids))
+        out = []
+        for s, e in _batches(len(order), self.batch_size):
             idx = order[s:e]
-            cut = length
-            if bucket:
-                cut = min(length, max(bucket, -(-int(lengths[idx].max()) // bucket) * bucket))
+            cut = min(length, max(bucket, -(-int(ends[idx].max()) // bucket) * bucket)) if bucket else length
             ids = _pad(input_ids[idx, :cut], self.batch_size)
             mask = _pad(attention_mask[idx, :cut], self.batch_size)
-            emb = _get(self._txt(v, _put(ids, self.sharding), _put(mask, self.sharding)))[: e - s]
-            if out.shape[1] != emb.shape[1]:
-                out = np.zeros((n, emb.shape[1]), np.float32)
-            out[idx] = emb
-        return out
+            out.append(_get(self._txt(v, _put(ids, self.sharding), _put(mask, self.sharding)))[: e - s])
+        return np.concatenate(out)[np.argsort(order)]
 
 
 def text_reid_eval(embedder: Embedder, variables: dict, split: dict[str, Any], ap: str = "irra") -> dict:
