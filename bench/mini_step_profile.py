@@ -50,7 +50,8 @@ def time_variant(overrides: dict, steps: int = 8) -> tuple[float, float]:
     model = build_model(c.model, text_cfg, active_tasks(dict(c.losses.weights)))
     d = c.data
     batch = synthetic.synthetic_batch(d.batch_size, tuple(c.model.image.input_size), d.max_length, d.max_masked,
-                                      vocab_size=text_cfg.vocab_size, num_ids=d.batch_size // 2, seed=0)
+                                      vocab_size=text_cfg.vocab_size, num_ids=d.batch_size // 2, seed=0,
+                                      images_per_caption=int(d.get("images_per_caption", 1)))
     example = data_setup.example_batch(c, text_cfg)
     abstract = state_lib.abstract_state(model, optax.identity(), example, state_lib.init_key(0))
     tx, schedule = optim.make_optimizer(c.optim, abstract.params, 1000, 1000, d.batch_size)

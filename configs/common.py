@@ -52,7 +52,8 @@ def model_config(recipe: str = "release") -> ml_collections.ConfigDict:
         # leaves the BN running statistics (used at evaluation, on colour images) to the colour
         # pass; True = PyTorch's train-mode default, which blends gray into them (docs/contracts.md).
         tic=dict(fpn_dim=256, gray_updates_bn_stats=False),
-        iap=dict(fusion="add", num_layers=1, heads=12, mlp_dim=3072),
+        # sample_stride k: the masked pass runs on every k-th sample of a training batch (1 = all, paper)
+        iap=dict(fusion="add", num_layers=1, heads=12, mlp_dim=3072, sample_stride=1),
         init_checkpoint=config_dict.placeholder(str),   # official .pth.tar / workdir to start from
     ))
 
@@ -95,6 +96,7 @@ def data_config() -> ml_collections.ConfigDict:
         max_masked=24,
         flip=True, pad_crop=False, random_erasing=False,
         sampler="caption",                          # 'caption' (paper) | 'identity' (P x K)
+        images_per_caption=1,                       # K > 1: K-1 more images of the caption's identity
         p_identities=0, k_images=4,
         workers=8,
         mask_schedule="sqrt", mask_lower=0.2, mask_upper=0.8,

@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.text = dict(init="minilm", frozen_layers=5, mask_padding=True, dropout=None,
                             num_layers=config_dict.placeholder(int))
         c.model.tic.fpn_dim = 16
-        c.model.iap = dict(fusion="add", num_layers=1, heads=6, mlp_dim=768)
+        c.model.iap = dict(fusion="add", num_layers=1, heads=6, mlp_dim=768, sample_stride=4)
         c.optim.name = "adamw"
         c.optim.lr = 2e-3
         c.optim.scale_lr_by_batch = False
@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.batch_size = 32
         c.data.max_length = 48
         c.data.max_masked = 6
+        c.data.images_per_caption = 4
         c.data.workers = 0
         c.train.epochs = 0.0
         c.train.steps = 150

@@ -111,7 +111,8 @@ class _SyntheticIterator:
         b = synthetic.synthetic_batch(
             d.batch_size, tuple(self.config.model.image.input_size), d.max_length, d.max_masked,
             vocab_size=self.vocab_size, num_ids=max(1, d.batch_size // 2),
-            seed=(int(self.config.seed) * 1_000_003 + self.k) % 2**31)
+            seed=(int(self.config.seed) * 1_000_003 + self.k) % 2**31,
+            images_per_caption=int(d.get("images_per_caption", 1)))
         self.k += 1
         pi, pc = jax.process_index(), jax.process_count()
         return {key: v[pi::pc] for key, v in b.items()}
@@ -139,7 +140,8 @@ def open_train(config, tokenizer) -> TrainStream:
         max_length=d.max_length, max_masked=d.max_masked, flip=d.flip, pad_crop=d.pad_crop,
         random_erasing=d.random_erasing, sampler=d.sampler, p_identities=d.p_identities,
         k_images=d.k_images, workers=d.workers, mask_schedule=d.mask_schedule,
-        mask_lower=d.mask_lower, mask_upper=d.mask_upper)
+        mask_lower=d.mask_lower, mask_upper=d.mask_upper,
+        images_per_caption=int(d.get("images_per_caption", 1)))
     index = CaptionIndex.build(source)
     steps_per_epoch = max(1, len(index) // d.batch_size)
     total_epochs = (math.ceil(config.train.steps / steps_per_epoch) if config.train.steps

@@ -29,14 +29,15 @@ def compute_losses(outputs: dict, batch: dict, loss_cfg) -> tuple[jax.Array, dic
     weights = {k: float(v) for k, v in dict(loss_cfg.weights).items()}
     parts = {}
     if "image_emb" in outputs and weights.get("ivlc", 0) > 0:
-        parts["ivlc"] = cmpm_loss(outputs["image_emb"], outputs["text_emb"], batch["id"],
+        parts["ivlc"] = cmpm_loss(outputs["image_emb"], outputs["text_emb"], outputs["image_ids"],
+                                  text_ids=batch["id"],
                                   eps=float(loss_cfg.cmpm_eps), cosine_logits=bool(loss_cfg.cosine_logits),
                                   cosine_scale=float(getattr(loss_cfg, "cosine_scale", 1.0)))
     if "colour_pred" in outputs:
         parts["tic"] = colorization_loss(outputs["colour_pred"], outputs["target"],
                                          reduction=str(loss_cfg.tic_reduction))
     if "iap_logits" in outputs:
-        parts["iap"] = attribute_loss(outputs["iap_logits"], batch["mlm_labels"], batch["mlm_weights"])
+        parts["iap"] = attribute_loss(outputs["iap_logits"], outputs["iap_labels"], outputs["iap_weights"])
     return total_loss(parts, {k: v for k, v in weights.items() if k in parts})
 
 

@@ -95,6 +95,46 @@ def test_cmpm_matches_numpy_and_official_torch(ids):
     np.testing.assert_allclose(got, torch_cmpm(v, t, ids), rtol=1e-5, atol=1e-5)
 
 
+def numpy_cmpm_groups(v, t, image_ids, text_ids, eps=1e-8, cosine_scale=None):
+    """CMPM with Nv images and Nt captions: each direction's target rows are the identity-match rows
+    divided by their L2 norm (the official q when the mask is the square identity mask)."""
+    v, t = v.astype(np.float64), t.astype(np.float64)
+    vh = v / np.linalg.norm(v, axis=1, keepdims=True)
+    th = t / np.linalg.norm(t, axis=1, keepdims=True)
+    if cosine_scale is None:
+        li2t, lt2i = v @ th.T, t @ vh.T
+    else:
+        li2t = cosine_scale * vh @ th.T
+        lt2i = li2t.T
+    mask = (image_ids[:, None] == text_ids[None, :]).astype(np.float64)
+    loss = 0.0
+    for logits, m in ((li2t, mask), (lt2i, mask.T)):
+        q = np.zeros_like(m)
+        for i in range(m.shape[0]):
+            q[i] = m[i] / np.sqrt(m[i].sum())
+        lp = _log_softmax(logits)
+        loss += np.mean(np.sum(np.exp(lp) * (lp - np.log(q + eps)), axis=1))
+    return loss
+
+
+@pytest.mark.parametrize("cosine_scale", [None, 20.0])
+def test_cmpm_several_images_per_caption(cosine_scale):
+    """text_ids: 3 images per caption (the data's images_per_caption), captions with repeated ids."""
+    text_ids = np.array([4, 7, 4, 9], np.int32)
+    image_ids = np.repeat(text_ids, 3)
+    v = (3.0 * RNG.standard_normal((12, 5))).astype(np.float32)
+    t = (3.0 * RNG.standard_normal((4, 5))).astype(np.float32)
+    kw = {} if cosine_scale is None else dict(cosine_logits=True, cosine_scale=cosine_scale)
+    got = float(jax.jit(lambda a, b: cmpm.cmpm_loss(a, b, image_ids, text_ids=text_ids, **kw))(v, t))
+    np.testing.assert_allclose(got, numpy_cmpm_groups(v, t, image_ids, text_ids, cosine_scale=cosine_scale),
+                               rtol=1e-5, atol=1e-5)
+    # One image per caption through text_ids is the square official form.
+    sq = float(cmpm.cmpm_loss(v[:4], t, text_ids, text_ids=text_ids, **kw))
+    np.testing.assert_allclose(sq, float(cmpm.cmpm_loss(v[:4], t, text_ids, **kw)), rtol=1e-6)
+    with pytest.raises(ValueError, match="text_ids"):
+        cmpm.cmpm_loss(v, t, image_ids, text_ids=text_ids[:3])
+
+
 def test_cmpm_target_is_l2_normalised_over_identity_groups():
     # For the symmetric identity mask, q equals 1/sqrt(n_i) on positives (not the paper's 1/n_i):
     # with logits making p equal to the L1 target, the loss is sum p*log(p/q) = 0.5*log(1/n) per row.

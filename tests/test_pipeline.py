@@ -195,6 +195,26 @@ def test_worker_processes_match_in_process_and_resume(tok, source):
         fresh.close()
 
 
+def test_images_per_caption_adds_other_images_of_the_identity(tok):
+    """images_per_caption K: each caption also gets K-1 different images of its own identity."""
+    src = make_source(num_ids=6, per_id=3)
+    for n, ex in enumerate(src):
+        ex["image"] = np.full((16, 8, 3), 10 * n, np.uint8)  # image n is a flat grey level 10n
+    data = pipeline.make_train_dataset(src, tok, cfg(images_per_caption=3), seed=0, total_epochs=1)
+    spec = synthetic.batch_spec(4, IMAGE_SIZE, 64, 8, images_per_caption=3)
+    assert set(spec) == set(synthetic.BATCH_KEYS) | {"more_images"}
+    for b in take(data.iterator(), 4):
+        for k, (shape, dtype) in spec.items():
+            assert b[k].shape == shape and b[k].dtype == dtype, k
+        for i in range(4):
+            own = (int(b["image"][i, 0, 0, 0]) + 5) // 10
+            more = [(int(x) + 5) // 10 for x in b["more_images"][i, :, 0, 0, 0]]
+            assert b["id"][i] == 100 + own // 3
+            assert sorted([own, *more]) == [3 * (own // 3) + j for j in range(3)]  # the two others, once each
+    with pytest.raises(ValueError, match="images_per_caption must be an integer >= 1"):
+        pipeline.make_train_dataset(src, tok, cfg(images_per_caption=0), seed=0, total_epochs=1)
+
+
 def test_config_errors(tok, source):
     with pytest.raises(ValueError, match="unknown data config fields"):
         pipeline.DataConfig.from_any({"batch_sz": 4})

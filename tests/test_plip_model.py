@@ -84,3 +84,45 @@ def test_image_pool_option_overrides_the_recipe():
     c.model.image["pool"] = "mean"
     with pytest.raises(ValueError, match="pool must be 'attn', 'max' or None"):
         build_model(c.model, text_cfg)
+
+
+def test_iap_stride_and_several_images_per_caption():
+    """model.iap.sample_stride k: the training masked pass sees rows 0, k, 2k, ... (evaluation all rows);
+    `more_images` (K images per caption): IVLC gets all B*K images with their identities, while TIC
+    and IAP use each caption's own image, the first of its group."""
+    import pytest
+
+    from plip_jax.data import synthetic
+    from plip_jax.train_step import compute_losses
+
+    c, text_cfg, _, variables = _setup()
+    c = c.copy_and_resolve_references()
+    d = c.data
+    batch = synthetic.synthetic_batch(4, tuple(c.model.image.input_size), d.max_length, d.max_masked,
+                                      vocab_size=max(text_cfg.vocab_size, 1001), num_ids=2, seed=3,
+                                      images_per_caption=3)
+    for k in ("input_ids", "masked_input_ids", "mlm_labels"):
+        batch[k] = np.minimum(batch[k], text_cfg.vocab_size - 1)
+    c.model.iap.sample_stride = 2
+    model = build_model(c.model, text_cfg)
+    out, _ = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
+        variables, batch, rngs={"dropout": jax.random.key(0)})
+    assert out["iap_logits"].shape[0] == 2
+    np.testing.assert_array_equal(out["iap_labels"], batch["mlm_labels"][::2])
+    np.testing.assert_array_equal(out["iap_weights"], batch["mlm_weights"][::2])
+    assert out["image_emb"].shape == (12, text_cfg.hidden_size) and out["text_emb"].shape[0] == 4
+    np.testing.assert_array_equal(out["image_ids"], np.repeat(batch["id"], 3))
+    loss, metrics = compute_losses(out, batch, c.losses)
+    assert np.isfinite(float(loss)) and set(metrics) >= {"loss_ivlc", "loss_tic", "loss_iap"}
+
+    evaluate = jax.jit(functools.partial(model.apply, train=False))
+    full = evaluate(variables, batch)
+    single = evaluate(variables, {k: v for k, v in batch.items() if k != "more_images"})
+    assert full["iap_logits"].shape[0] == 4
+    np.testing.assert_allclose(full["image_emb"][::3], single["image_emb"], rtol=1e-5, atol=1e-5)
+    for k in ("iap_logits", "colour_pred", "text_emb"):
+        np.testing.assert_allclose(full[k], single[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+    c.model.iap.sample_stride = 0
+    with pytest.raises(ValueError, match="sample_stride must be an integer >= 1"):
+        build_model(c.model, text_cfg)

@@ -34,6 +34,8 @@ class DataConfig:
     p_identities, k_images: P and K of the identity sampler (P = batch_size // K when P is 0).
     workers: grain worker processes (0 = in-process). read_threads: threads per process.
     mask_schedule, mask_lower, mask_upper: IAP mask-ratio curriculum (masking.mask_ratio).
+    images_per_caption: 1 (paper) or K > 1: each caption also brings K-1 other images of its identity
+      (`more_images`, (B, K-1, H, W, 3)), more image samples per caption pass for identity-level IVLC.
     """
     image_size: tuple[int, int] = (256, 128)
     batch_size: int = 512
@@ -50,6 +52,7 @@ class DataConfig:
     mask_schedule: str = "sqrt"
     mask_lower: float = 0.2
     mask_upper: float = 0.8
+    images_per_caption: int = 1
 
     @classmethod
     def from_any(cls, cfg: "DataConfig | Mapping[str, Any] | Any", strict: bool = True) -> "DataConfig":
@@ -305,6 +308,23 @@ class _MakeExample:
         self.source, self.index, self.order, self.tokenizer = source, index, order, tokenizer
         self.cfg, self.aug = cfg, cfg.augment_config()
         self.epoch_length, self.total_epochs, self.seed = epoch_length, total_epochs, seed
+        if cfg.images_per_caption > 1:  # images of each identity, for the extra images of a caption
+            ids = index.image_ids
+            self._by_id = np.argsort(ids, kind="stable").astype(np.int32)
+            uniq, self._starts, self._counts = np.unique(ids[self._by_id], return_index=True, return_counts=True)
+            self._uniq = uniq
+
+    def _more_images(self, image: int, rng: np.random.Generator) -> np.ndarray:
+        """K-1 other images of `image`'s identity (without repeats while the identity has enough)."""
+        k = self.cfg.images_per_caption - 1
+        u = int(np.searchsorted(self._uniq, self.index.image_ids[image]))
+        same = self._by_id[self._starts[u]:self._starts[u] + self._counts[u]]
+        others = same[same != image]
+        if len(others) == 0:
+            others = same
+        pick = rng.choice(others, size=k, replace=len(others) < k)
+        return np.stack([transforms.load_train_image(self.source[int(i)]["image"], self.cfg.image_size, rng, self.aug)
+                         for i in pick])
 
     def __call__(self, g: int) -> dict[str, np.ndarray]:
         g = int(g)
@@ -322,9 +342,12 @@ class _MakeExample:
         masked, positions, labels, weights = masking.mask_phrases(
             enc["input_ids"][0], enc["offsets"][0], spans, ratio, rng,
             self.tokenizer.mask_token_id, cfg.max_masked)
-        return {"image": image, "input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0],
-                "masked_input_ids": masked, "mlm_positions": positions, "mlm_labels": labels,
-                "mlm_weights": weights, "id": np.int32(self.index.image_ids[self.index.image[pair]])}
+        out = {"image": image, "input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0],
+               "masked_input_ids": masked, "mlm_positions": positions, "mlm_labels": labels,
+               "mlm_weights": weights, "id": np.int32(self.index.image_ids[self.index.image[pair]])}
+        if cfg.images_per_caption > 1:
+            out["more_images"] = self._more_images(int(self.index.image[pair]), rng)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,6 +384,9 @@ def _validate(cfg: DataConfig, process_index: int, process_count: int) -> tuple[
     if cfg.batch_size <= 0 or cfg.batch_size % process_count:
         raise ValueError(f"global batch_size {cfg.batch_size} must be positive and divisible by the "
                          f"process count {process_count}")
+    if isinstance(cfg.images_per_caption, bool) or not isinstance(cfg.images_per_caption, int) \
+            or cfg.images_per_caption < 1:
+        raise ValueError(f"images_per_caption must be an integer >= 1; got {cfg.images_per_caption!r}")
     if cfg.workers < 0 or cfg.read_threads < 0:
         raise ValueError(f"workers and read_threads must be >= 0; got {cfg.workers}, {cfg.read_threads}")
     masking.mask_ratio(0, 1, cfg.mask_lower, cfg.mask_upper, cfg.mask_schedule)  # validates schedule
@@ -392,7 +418,8 @@ def make_train_dataset(source: Sequence[Mapping[str, Any]], tokenizer, cfg: Data
     `tfds.data_source(...)`; pass `decoders={'image': tfds.decode.SkipDecoding()}` there to let the
     pipeline decode JPEGs in draft mode). `caption_index` skips the one-off scan of the source.
     `fast_read` parses only the training fields of tfds array_record records (`TrainFieldsView`).
-    Batches are dicts with exactly the keys/dtypes of `synthetic.batch_spec(local_batch_size, ...)`.
+    Batches are dicts with exactly the keys/dtypes of `synthetic.batch_spec(local_batch_size, ...)`
+    (pass it `images_per_caption` when that is > 1: `more_images` is then added).
     """
     cfg = DataConfig.from_any(cfg)
     local_bs, p, k = _validate(cfg, process_index, process_count)

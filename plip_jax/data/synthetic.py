@@ -17,10 +17,10 @@ BATCH_KEYS = ("image", "input_ids", "attention_mask", "masked_input_ids",
 
 
 def batch_spec(batch_size: int, image_size: tuple[int, int] = (256, 128), max_length: int = 64,
-               max_masked: int = 24) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+               max_masked: int = 24, images_per_caption: int = 1) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of every key of a training batch (docs/contracts.md)."""
     b, (h, w), l, m = batch_size, image_size, max_length, max_masked
-    return {
+    spec = {
         "image": ((b, h, w, 3), np.dtype(np.uint8)),
         "input_ids": ((b, l), np.dtype(np.int32)),
         "attention_mask": ((b, l), np.dtype(np.int32)),
@@ -30,12 +30,18 @@ def batch_spec(batch_size: int, image_size: tuple[int, int] = (256, 128), max_le
         "mlm_weights": ((b, m), np.dtype(np.float32)),
         "id": ((b,), np.dtype(np.int32)),
     }
+    if images_per_caption > 1:  # K-1 more images of each caption's identity (DataConfig.images_per_caption)
+        spec["more_images"] = ((b, images_per_caption - 1, h, w, 3), np.dtype(np.uint8))
+    return spec
 
 
 def synthetic_batch(batch_size: int, image_size: tuple[int, int] = (256, 128), max_length: int = 64,
                     max_masked: int = 24, vocab_size: int = 30522, num_ids: int | None = None,
-                    seed: int = 0) -> dict[str, np.ndarray]:
-    """A random training batch; `num_ids` distinct identities (default batch_size // 2)."""
+                    seed: int = 0, images_per_caption: int = 1) -> dict[str, np.ndarray]:
+    """A random training batch; `num_ids` distinct identities (default batch_size // 2).
+
+    `images_per_caption` K > 1 adds `more_images` (B, K-1, H, W, 3): more images of each row's identity.
+    """
     if batch_size <= 0 or max_length < 3 or max_masked < 0:
         raise ValueError(f"need batch_size > 0, max_length >= 3, max_masked >= 0; got "
                          f"{batch_size}, {max_length}, {max_masked}")
@@ -79,6 +85,10 @@ def synthetic_batch(batch_size: int, image_size: tuple[int, int] = (256, 128), m
         labels[i, :n] = input_ids[i, taken]
         weights[i, :n] = 1.0
         masked[i, taken] = MASK_ID
-    return {"image": image, "input_ids": input_ids, "attention_mask": attention,
-            "masked_input_ids": masked, "mlm_positions": positions, "mlm_labels": labels,
-            "mlm_weights": weights, "id": ids}
+    out = {"image": image, "input_ids": input_ids, "attention_mask": attention,
+           "masked_input_ids": masked, "mlm_positions": positions, "mlm_labels": labels,
+           "mlm_weights": weights, "id": ids}
+    if images_per_caption > 1:
+        more_noise = rng.integers(-40, 41, size=(batch_size, images_per_caption - 1, h, w, 3))
+        out["more_images"] = np.clip(base[ids][:, None] + more_noise, 0, 255).astype(np.uint8)
+    return out

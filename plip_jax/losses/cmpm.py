@@ -27,14 +27,27 @@ def _unit(x: jax.Array) -> jax.Array:
 
 
 def cmpm_loss(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array,
-              eps: float = 1e-8, cosine_logits: bool = False, cosine_scale: float = 1.0) -> jax.Array:
+              eps: float = 1e-8, cosine_logits: bool = False, cosine_scale: float = 1.0,
+              text_ids: jax.Array | None = None) -> jax.Array:
     """CMPM loss L_i2t + L_t2i in the official code form (projection logits, L2-normalised targets).
 
     logits_i2t = v @ unit(t).T (the raw norm acts as a temperature); ``cosine_logits=True`` uses
     cosine_scale * unit(v) @ unit(t).T instead (a fixed inverse temperature, as CLIP's logit scale).
-    Target q = mask / mask.norm(dim=1) with torch broadcasting, i.e. q[i, j] = mask[i, j] / ||mask[j, :]||.
+    Target q = mask / mask.norm(dim=1) with torch broadcasting, i.e. q[i, j] = mask[i, j] / ||mask[j, :]||,
+    which for the square identity mask equals each row divided by its own norm.
+    ``text_ids`` (Nt,) allows Nv images != Nt captions (several images per caption): ``ids`` then label
+    the images and each direction's target rows are L2-normalised, the same q in the square case.
     """
-    _check_pair(image_emb, text_emb, ids, "cmpm_loss")
+    if text_ids is None:
+        _check_pair(image_emb, text_emb, ids, "cmpm_loss")
+        text_ids = ids
+    else:
+        if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
+            raise ValueError(f"cmpm_loss: image_emb (Nv, D) and text_emb (Nt, D) must share D, got "
+                             f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+        if ids.shape != image_emb.shape[:1] or text_ids.shape != text_emb.shape[:1]:
+            raise ValueError(f"cmpm_loss: ids must be ({image_emb.shape[0]},) and text_ids "
+                             f"({text_emb.shape[0]},), got {tuple(ids.shape)} and {tuple(text_ids.shape)}")
     v = image_emb.astype(jnp.float32)
     t = text_emb.astype(jnp.float32)
     v_hat, t_hat = _unit(v), _unit(t)
@@ -44,16 +57,15 @@ def cmpm_loss(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array,
     else:
         logits_i2t = jnp.matmul(v, t_hat.T, precision=_HIGHEST)
         logits_t2i = jnp.matmul(t, v_hat.T, precision=_HIGHEST)
-    mask = (ids[:, None] == ids[None, :]).astype(jnp.float32)
-    # torch: (B,B) / (B,) broadcasts the row norms over the *columns*.
-    q = mask / jnp.linalg.norm(mask, axis=1)[None, :]
-    log_q = jnp.log(q + eps)
+    mask = (ids[:, None] == text_ids[None, :]).astype(jnp.float32)   # (Nv, Nt)
 
-    def one_direction(logits: jax.Array) -> jax.Array:
+    def one_direction(logits: jax.Array, m: jax.Array) -> jax.Array:
+        norm = jnp.linalg.norm(m, axis=1, keepdims=True)
+        log_q = jnp.log(m / jnp.where(norm > 0, norm, 1.0) + eps)   # a row without positives: q = 0
         log_p = jax.nn.log_softmax(logits, axis=1)
         return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=1))
 
-    return one_direction(logits_i2t) + one_direction(logits_t2i)
+    return one_direction(logits_i2t, mask) + one_direction(logits_t2i, mask.T)
 
 
 def cmpc_loss(image_emb: jax.Array, text_emb: jax.Array, labels: jax.Array,

@@ -60,6 +60,7 @@ class PLIP(nn.Module):
     iap_layers: int = 1
     iap_heads: int = 12
     iap_mlp_dim: int = 3072
+    iap_stride: int = 1
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -96,9 +97,22 @@ class PLIP(nn.Module):
         image_u8 = batch["image"]
         colour = transforms.normalize(image_u8).astype(self.dtype)
         out: dict[str, jax.Array] = {"target": colour.astype(jnp.float32)}
-        v_global, _ = self.encode_image(colour, train=train)
+        if "more_images" in batch:
+            # K images per caption (DataConfig.images_per_caption): one colour pass over all B*K
+            # images (BatchNorm statistics over all of them); IVLC contrasts every image with every
+            # caption by identity, TIC and IAP use each caption's own image (row 0 of its group).
+            more = batch["more_images"]
+            k = more.shape[1] + 1
+            group = jnp.concatenate([image_u8[:, None], more], axis=1)
+            every = transforms.normalize(group.reshape((-1,) + image_u8.shape[1:])).astype(self.dtype)
+            all_emb, _ = self.encode_image(every, train=train)
+            v_global = all_emb.reshape((image_u8.shape[0], k, -1))[:, 0]
+            out["image_emb"], out["image_ids"] = all_emb, jnp.repeat(batch["id"], k)
+        else:
+            v_global, _ = self.encode_image(colour, train=train)
+            out["image_emb"], out["image_ids"] = v_global, batch["id"]
         t_global, _ = self.encode_text(batch["input_ids"], batch["attention_mask"], train=train)
-        out["image_emb"], out["text_emb"] = v_global, t_global
+        out["text_emb"] = t_global
         if "tic" in self.tasks:
             gray = transforms.gray_normalized(image_u8).astype(self.dtype)
             # The gray pass normalises with its own batch statistics; by default it does not write
@@ -107,10 +121,13 @@ class PLIP(nn.Module):
                                               update_stats=self.gray_updates_bn_stats)
             out["colour_pred"] = self.tic(gray_feats, t_global)
         if "iap" in self.tasks:
-            _, masked_hidden = self.encode_text(batch["masked_input_ids"], batch["attention_mask"],
-                                                train=train)
-            out["iap_logits"] = self.iap(masked_hidden, v_global, batch["attention_mask"],
-                                         batch["mlm_positions"])
+            # Training may run the masked pass on every `iap_stride`-th sample only (a compute knob
+            # for small machines; 1 = every sample, the paper). Evaluation always uses all rows.
+            rows = slice(None, None, self.iap_stride if train else 1)
+            mask = batch["attention_mask"][rows]
+            _, masked_hidden = self.encode_text(batch["masked_input_ids"][rows], mask, train=train)
+            out["iap_logits"] = self.iap(masked_hidden, v_global[rows], mask, batch["mlm_positions"][rows])
+            out["iap_labels"], out["iap_weights"] = batch["mlm_labels"][rows], batch["mlm_weights"][rows]
         return out
 
 
@@ -120,6 +137,9 @@ def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(model_cfg.dtype))
     if dtype is None:
         raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {model_cfg.dtype!r}")
+    iap_stride = model_cfg.iap.get("sample_stride", 1)
+    if isinstance(iap_stride, bool) or not isinstance(iap_stride, int) or iap_stride < 1:
+        raise ValueError(f"config.model.iap.sample_stride must be an integer >= 1, got {iap_stride!r}")
     if int(img.output_dim) != text_config.hidden_size:
         raise ValueError(
             f"config.model.image.output_dim ({img.output_dim}) must equal the text hidden size "
@@ -134,4 +154,4 @@ def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS
         gray_updates_bn_stats=bool(model_cfg.tic.get("gray_updates_bn_stats", False)),
         iap_fusion=model_cfg.iap.fusion,
         iap_layers=int(model_cfg.iap.num_layers), iap_heads=int(model_cfg.iap.heads),
-        iap_mlp_dim=int(model_cfg.iap.mlp_dim), dtype=dtype)
+        iap_mlp_dim=int(model_cfg.iap.mlp_dim), iap_stride=iap_stride, dtype=dtype)
