@@ -25,6 +25,8 @@ from plip_jax.train_step import active_tasks, make_train_step  # noqa: E402
 
 VARIANTS = {
     "mini": {},
+    "one_image_per_caption": {"data.images_per_caption": 1},
+    "iap_every_sample": {"data.images_per_caption": 1, "model.iap.sample_stride": 1},
     "no_tic": {"losses.weights.tic": 0.0},
     "no_iap": {"losses.weights.iap": 0.0},
     "ivlc_only": {"losses.weights.tic": 0.0, "losses.weights.iap": 0.0},

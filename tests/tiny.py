@@ -23,6 +23,7 @@ def tiny_config(data: str = "synthetic", steps: int = 4, batch: int = 16) -> ml_
     c.data.batch_size = batch
     c.data.max_length = 16
     c.data.max_masked = 4
+    c.data.images_per_caption = 2  # keeps the loop/sharding/resume tests on the K-images path, cheaply
     c.train.steps = steps
     c.train.log_every = 1
     c.train.eval_every = 0
