@@ -22,14 +22,9 @@ import plip_jax  # noqa: E402
 from configs import pretrain  # noqa: E402
 from plip_jax import data_setup  # noqa: E402
 from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
+from mini_nn_check import nn_accuracy  # noqa: E402  (bench/mini_nn_check.py)
 
 SLOTS = ("gender", "head", "upper", "lower", "shoes", "others")
-
-
-def _nn_same_id(x: np.ndarray, ids: np.ndarray) -> float:
-    s = x @ x.T
-    np.fill_diagonal(s, -np.inf)
-    return float((ids[s.argmax(1)] == ids).mean())
 
 
 def main(workdir: str, data_dir: str, step: str | None = None) -> None:
@@ -56,8 +51,8 @@ def main(workdir: str, data_dir: str, step: str | None = None) -> None:
     txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
     img = img / np.linalg.norm(img, axis=1, keepdims=True)
     top = img_ids[(txt @ img.T).argmax(1)]
-    print(f"test R@1 {100 * (top == cap_ids).mean():.2f}  caption NN same-id {100 * _nn_same_id(txt, cap_ids):.2f}"
-          f"  image NN same-id {100 * _nn_same_id(img, img_ids):.2f}")
+    print(f"test R@1 {100 * (top == cap_ids).mean():.2f}  caption NN same-id {100 * nn_accuracy(txt, cap_ids):.2f}"
+          f"  image NN same-id {100 * nn_accuracy(img, img_ids):.2f}")
     n_diff, per_slot = collections.Counter(), collections.Counter()
     for q, r in zip(cap_ids, top):
         if q != r:

@@ -21,6 +21,17 @@ def _check_pair(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array, what:
         raise ValueError(f"{what}: ids/labels must be (B,) = ({image_emb.shape[0]},), got {tuple(ids.shape)}")
 
 
+def _check_groups(image_emb: jax.Array, text_emb: jax.Array, image_ids: jax.Array, text_ids: jax.Array,
+                  what: str) -> None:
+    """_check_pair for Nv images and Nt captions, each with its own identity labels."""
+    if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(f"{what}: image_emb (Nv, D) and text_emb (Nt, D) must share D, got "
+                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+    if image_ids.shape != image_emb.shape[:1] or text_ids.shape != text_emb.shape[:1]:
+        raise ValueError(f"{what}: ids must be ({image_emb.shape[0]},) and text_ids ({text_emb.shape[0]},), "
+                         f"got {tuple(image_ids.shape)} and {tuple(text_ids.shape)}")
+
+
 def _unit(x: jax.Array) -> jax.Array:
     # Row L2 normalisation without eps, exactly as the official code.
     return x / jnp.linalg.norm(x, axis=1, keepdims=True)
@@ -42,12 +53,7 @@ def cmpm_loss(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array,
         _check_pair(image_emb, text_emb, ids, "cmpm_loss")
         text_ids = ids
     else:
-        if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
-            raise ValueError(f"cmpm_loss: image_emb (Nv, D) and text_emb (Nt, D) must share D, got "
-                             f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
-        if ids.shape != image_emb.shape[:1] or text_ids.shape != text_emb.shape[:1]:
-            raise ValueError(f"cmpm_loss: ids must be ({image_emb.shape[0]},) and text_ids "
-                             f"({text_emb.shape[0]},), got {tuple(ids.shape)} and {tuple(text_ids.shape)}")
+        _check_groups(image_emb, text_emb, ids, text_ids, "cmpm_loss")
     v = image_emb.astype(jnp.float32)
     t = text_emb.astype(jnp.float32)
     v_hat, t_hat = _unit(v), _unit(t)

@@ -95,8 +95,7 @@ class PLIP(nn.Module):
     def __call__(self, batch: dict[str, jax.Array], train: bool = True) -> dict[str, jax.Array]:
         """The pre-training forward: returns every output the three losses need."""
         image_u8 = batch["image"]
-        colour = transforms.normalize(image_u8).astype(self.dtype)
-        out: dict[str, jax.Array] = {"target": colour.astype(jnp.float32)}
+        out: dict[str, jax.Array] = {}
         if "more_images" in batch:
             # K images per caption (DataConfig.images_per_caption): one colour pass over all B*K
             # images (BatchNorm statistics over all of them); IVLC contrasts every image with every
@@ -105,12 +104,15 @@ class PLIP(nn.Module):
             k = more.shape[1] + 1
             group = jnp.concatenate([image_u8[:, None], more], axis=1)
             every = transforms.normalize(group.reshape((-1,) + image_u8.shape[1:])).astype(self.dtype)
+            colour = every.reshape(group.shape)[:, 0]
             all_emb, _ = self.encode_image(every, train=train)
             v_global = all_emb.reshape((image_u8.shape[0], k, -1))[:, 0]
             out["image_emb"], out["image_ids"] = all_emb, jnp.repeat(batch["id"], k)
         else:
+            colour = transforms.normalize(image_u8).astype(self.dtype)
             v_global, _ = self.encode_image(colour, train=train)
             out["image_emb"], out["image_ids"] = v_global, batch["id"]
+        out["target"] = colour.astype(jnp.float32)
         t_global, _ = self.encode_text(batch["input_ids"], batch["attention_mask"], train=train)
         out["text_emb"] = t_global
         if "tic" in self.tasks:
