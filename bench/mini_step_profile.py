@@ -1,13 +1,16 @@
 """Where the :mini train step's CPU time goes: the jitted step of configs/pretrain.py:mini timed with
 pieces switched off (a task weight 0, fewer MiniLM layers, a shorter caption length).
 
-  python bench/mini_step_profile.py [name=override,override ...]
+  python bench/mini_step_profile.py [VARIANT | NAME:key=value,key=value ...]
+
+e.g. `python bench/mini_step_profile.py mini wide:model.image.width=32` (values are Python literals).
 
 Prints ms/step (median of 8 after 2 warm-up steps, a synthetic batch at the mini batch size) and
 GFLOP/step (XLA's cost analysis of the lowered step) per variant. Used to size the :mini recipe for 2 CPU cores (README "Embedded default").
 """
 from __future__ import annotations
 
+import ast
 import sys
 import time
 from pathlib import Path
@@ -73,11 +76,30 @@ def time_variant(overrides: dict, steps: int = 8) -> tuple[float, float]:
     return float(np.median(times[2:]) * 1e3), gflop
 
 
+def parse_variant(arg: str) -> tuple[str, dict]:
+    """A named variant, or `NAME:key=value,...` with config keys under the :mini config."""
+    if ":" not in arg:
+        if arg not in VARIANTS:
+            raise SystemExit(f"unknown variant {arg!r}; known: {', '.join(VARIANTS)} (or NAME:key=value,...)")
+        return arg, VARIANTS[arg]
+    name, _, spec = arg.partition(":")
+    overrides = {}
+    for item in filter(None, spec.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"bad override {item!r} in {arg!r}: expected key=value")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return name, overrides
+
+
 def main(argv: list[str]) -> None:
-    names = argv or list(VARIANTS)
+    variants = [parse_variant(a) for a in (argv or list(VARIANTS))]
     print(f"{'variant':<16} {'ms/step':>9} {'GFLOP':>7}")
-    for name in names:
-        ms, gflop = time_variant(VARIANTS[name])
+    for name, overrides in variants:
+        ms, gflop = time_variant(overrides)
         print(f"{name:<16} {ms:9.0f} {gflop:7.1f}", flush=True)
 
 

@@ -51,8 +51,9 @@ def model_config(recipe: str = "release") -> ml_collections.ConfigDict:
         # gray_updates_bn_stats: False = the TIC gray pass normalises with its batch statistics but
         # leaves the BN running statistics (used at evaluation, on colour images) to the colour
         # pass; True = PyTorch's train-mode default, which blends gray into them (docs/contracts.md).
-        tic=dict(fpn_dim=256, gray_updates_bn_stats=False),
-        # sample_stride k: the masked pass runs on every k-th sample of a training batch (1 = all, paper)
+        # sample_stride k (TIC and IAP): the gray / masked pass runs on every k-th sample of a
+        # training batch (1 = all, the paper); a compute knob for small machines.
+        tic=dict(fpn_dim=256, gray_updates_bn_stats=False, sample_stride=1),
         iap=dict(fusion="add", num_layers=1, heads=12, mlp_dim=3072, sample_stride=1),
         init_checkpoint=config_dict.placeholder(str),   # official .pth.tar / workdir to start from
     ))

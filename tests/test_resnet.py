@@ -245,3 +245,31 @@ def test_bad_input_raises_clear_error(kwargs, shape, match):
     cfg = {**SMALL, **kwargs}
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(ModifiedResNet(**cfg).init, jax.random.key(0), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("hw", [(4, 2), (2, 1), (1, 3), (5, 5)])
+def test_small_map_conv_equals_lax_conv(hw):
+    """TorchConv2d's patches @ kernel path (input smaller than the kernel) computes the conv's sums:
+    same outputs and gradients as lax.conv_general_dilated, and the same parameter and init as
+    nn.Conv with PyTorch padding (checkpoints and seeds are unaffected)."""
+    import flax.linen as nn
+
+    from plip_jax.models.resnet import TorchConv2d, torch_default_kernel_init
+
+    x = jax.random.normal(jax.random.key(0), (3, *hw, 5))
+    conv = TorchConv2d(7, 3)
+    variables = conv.init(jax.random.key(1), x)
+    ref = nn.Conv(7, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=torch_default_kernel_init)
+    np.testing.assert_array_equal(variables["params"]["kernel"],
+                                  ref.init(jax.random.key(1), x)["params"]["kernel"])
+
+    def loss(fn, v, x):
+        return jnp.sum(jnp.sin(fn(v, x)))
+
+    ours = lambda v, x: conv.apply(v, x)  # noqa: E731
+    theirs = lambda v, x: ref.apply(v, x)  # noqa: E731
+    np.testing.assert_allclose(ours(variables, x), theirs(variables, x), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(functools.partial(loss, ours), argnums=(0, 1))(variables, x)
+    g_ref = jax.grad(functools.partial(loss, theirs), argnums=(0, 1))(variables, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

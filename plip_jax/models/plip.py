@@ -61,6 +61,7 @@ class PLIP(nn.Module):
     iap_heads: int = 12
     iap_mlp_dim: int = 3072
     iap_stride: int = 1
+    tic_stride: int = 1
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -112,16 +113,18 @@ class PLIP(nn.Module):
             colour = transforms.normalize(image_u8).astype(self.dtype)
             v_global, _ = self.encode_image(colour, train=train)
             out["image_emb"], out["image_ids"] = v_global, batch["id"]
-        out["target"] = colour.astype(jnp.float32)
         t_global, _ = self.encode_text(batch["input_ids"], batch["attention_mask"], train=train)
         out["text_emb"] = t_global
         if "tic" in self.tasks:
-            gray = transforms.gray_normalized(image_u8).astype(self.dtype)
+            # Like IAP, training may colourise every `tic_stride`-th sample only (1 = every sample).
+            tic_rows = slice(None, None, self.tic_stride if train else 1)
+            out["target"] = colour[tic_rows].astype(jnp.float32)
+            gray = transforms.gray_normalized(image_u8[tic_rows]).astype(self.dtype)
             # The gray pass normalises with its own batch statistics; by default it does not write
             # the running ones, which evaluation (colour images) uses (docs/contracts.md).
             _, gray_feats = self.encode_image(gray, train=train,
                                               update_stats=self.gray_updates_bn_stats)
-            out["colour_pred"] = self.tic(gray_feats, t_global)
+            out["colour_pred"] = self.tic(gray_feats, t_global[tic_rows])
         if "iap" in self.tasks:
             # Training may run the masked pass on every `iap_stride`-th sample only (a compute knob
             # for small machines; 1 = every sample, the paper). Evaluation always uses all rows.
@@ -133,15 +136,21 @@ class PLIP(nn.Module):
         return out
 
 
+def _stride(section, name: str) -> int:
+    stride = section.get("sample_stride", 1)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"config.model.{name}.sample_stride must be an integer >= 1, got {stride!r}")
+    return stride
+
+
 def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS) -> PLIP:
     """PLIP from the `config.model` section and the text tower's BertConfig."""
     img = model_cfg.image
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(model_cfg.dtype))
     if dtype is None:
         raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {model_cfg.dtype!r}")
-    iap_stride = model_cfg.iap.get("sample_stride", 1)
-    if isinstance(iap_stride, bool) or not isinstance(iap_stride, int) or iap_stride < 1:
-        raise ValueError(f"config.model.iap.sample_stride must be an integer >= 1, got {iap_stride!r}")
+    iap_stride = _stride(model_cfg.iap, "iap")
+    tic_stride = _stride(model_cfg.tic, "tic")
     if int(img.output_dim) != text_config.hidden_size:
         raise ValueError(
             f"config.model.image.output_dim ({img.output_dim}) must equal the text hidden size "
@@ -156,4 +165,4 @@ def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS
         gray_updates_bn_stats=bool(model_cfg.tic.get("gray_updates_bn_stats", False)),
         iap_fusion=model_cfg.iap.fusion,
         iap_layers=int(model_cfg.iap.num_layers), iap_heads=int(model_cfg.iap.heads),
-        iap_mlp_dim=int(model_cfg.iap.mlp_dim), iap_stride=iap_stride, dtype=dtype)
+        iap_mlp_dim=int(model_cfg.iap.mlp_dim), iap_stride=iap_stride, tic_stride=tic_stride, dtype=dtype)

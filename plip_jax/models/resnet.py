@@ -41,20 +41,40 @@ def _avg_pool(x: Array, stride: int) -> Array:
     return nn.avg_pool(x, (stride, stride), strides=(stride, stride), padding="VALID")
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1) -> nn.Conv:
-    """Bias-free conv with PyTorch's symmetric padding kernel//2 (Flax 'SAME' differs at stride 2)."""
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=torch_default_kernel_init,
-        name=name,
-    )
+class TorchConv2d(nn.Module):
+    """Bias-free NHWC conv with PyTorch's symmetric padding kernel//2 (Flax 'SAME' differs at stride 2).
+
+    Same parameter as ``nn.Conv`` (``kernel``, (k, k, in, out)). A stride-1 conv whose input is
+    smaller than its kernel in H or W (layer4 of a 64x32 input) runs as patches @ kernel: XLA:CPU
+    lowers that conv with input and kernel roles swapped, ~20x slower than the matmul
+    (docs/contracts.md "Small-map convolutions"). Both forms compute the same sums.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, pad = self.kernel_size, self.kernel_size // 2
+        kernel = self.param("kernel", torch_default_kernel_init, (k, k, x.shape[-1], self.features),
+                            jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        h, w = x.shape[1:3]
+        if self.stride == 1 and k > 1 and min(h, w) < k:
+            xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+            patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)],
+                                      axis=-1)
+            return patches @ kernel.reshape(-1, self.features)
+        return jax.lax.conv_general_dilated(
+            x, kernel, (self.stride, self.stride), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1) -> TorchConv2d:
+    """Bias-free conv with PyTorch's padding (TorchConv2d)."""
+    return TorchConv2d(features, kernel, stride=stride, dtype=dtype, name=name)
 
 
 def _bn(train: bool, dtype: Dtype, name: str, zero_scale: bool = False,
