@@ -186,7 +186,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     step_fn = jit_train_step(make_train_step(model, tx, config.losses, schedule), shardings, batch_sharding, mesh)
     embedder = Embedder(model, config.train.eval_batch_size, sharding=batch_sharding)
-    eval_split = data_setup.open_eval(config, tokenizer, config.data.eval_split)
+    final_val = bool(config.train.get("final_val", True))
+    # The validation split is read only when something evaluates on it.
+    eval_split = (data_setup.open_eval(config, tokenizer, config.data.eval_split)
+                  if final_val or config.train.eval_every else None)
     writer = MetricWriter(workdir, is_main)
     base_rng = jax.random.key(config.seed + 1)
 
@@ -282,18 +285,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         signal.signal(signal.SIGTERM, prev)
     ckpt.wait()
 
-    # Final evaluation: validation (selection) and test (report).
+    # Final evaluation: validation (selection; `train.final_val=False` skips it) and test (report).
     results: dict[str, Any] = {"step": step}
     rows = {}
-    val = evaluate(eval_split, config.data.eval_split)
-    rows[config.data.eval_split] = val
+    val = None
+    if final_val:
+        val = evaluate(eval_split, config.data.eval_split)
+        rows[config.data.eval_split] = val
     test_split = data_setup.open_eval(config, tokenizer, config.data.test_split)
     test = evaluate(test_split, config.data.test_split)
     rows[config.data.test_split] = test
     results.update(test)
     results["split"] = config.data.test_split
     results["dataset"] = f"{config.data.name}/{config.data.config}"
-    results["val"] = val
+    if val is not None:
+        results["val"] = val
     writer.write(step, {f"{config.data.test_split}/{k}": v for k, v in test.items() if isinstance(v, float)})
     writer.close()
     ckpt.close()

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from plip_jax import data_setup, state as state_lib, text_tower
+from plip_jax.data import transforms
 from plip_jax.models.plip import build_model
 from tests.tiny import tiny_config
 
@@ -87,7 +88,8 @@ def test_image_pool_option_overrides_the_recipe():
 
 
 def test_iap_stride_and_several_images_per_caption():
-    """model.iap.sample_stride k: the training masked pass sees rows 0, k, 2k, ... (evaluation all rows);
+    """model.iap/tic.sample_stride k: the training masked / gray pass sees rows 0, k, 2k, ... (evaluation
+    all rows);
     `more_images` (K images per caption): IVLC gets all B*K images with their identities, while TIC
     and IAP use each caption's own image, the first of its group."""
     import pytest
@@ -104,10 +106,14 @@ def test_iap_stride_and_several_images_per_caption():
     for k in ("input_ids", "masked_input_ids", "mlm_labels"):
         batch[k] = np.minimum(batch[k], text_cfg.vocab_size - 1)
     c.model.iap.sample_stride = 2
+    c.model.tic.sample_stride = 4
     model = build_model(c.model, text_cfg)
     out, _ = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
         variables, batch, rngs={"dropout": jax.random.key(0)})
     assert out["iap_logits"].shape[0] == 2
+    # TIC on rows 0, 4, ...: the target is that caption's own colour image.
+    assert out["colour_pred"].shape[0] == 1 and out["target"].shape[0] == 1
+    np.testing.assert_allclose(out["target"][0], transforms.normalize(batch["image"][:1])[0], atol=1e-6)
     np.testing.assert_array_equal(out["iap_labels"], batch["mlm_labels"][::2])
     np.testing.assert_array_equal(out["iap_weights"], batch["mlm_weights"][::2])
     assert out["image_emb"].shape == (12, text_cfg.hidden_size) and out["text_emb"].shape[0] == 4
@@ -124,5 +130,8 @@ def test_iap_stride_and_several_images_per_caption():
         np.testing.assert_allclose(full[k], single[k], rtol=1e-5, atol=1e-5, err_msg=k)
 
     c.model.iap.sample_stride = 0
-    with pytest.raises(ValueError, match="sample_stride must be an integer >= 1"):
+    with pytest.raises(ValueError, match="iap.sample_stride must be an integer >= 1"):
+        build_model(c.model, text_cfg)
+    c.model.iap.sample_stride, c.model.tic.sample_stride = 1, 1.5
+    with pytest.raises(ValueError, match="tic.sample_stride must be an integer >= 1"):
         build_model(c.model, text_cfg)

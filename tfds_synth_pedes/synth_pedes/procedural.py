@@ -8,8 +8,11 @@ identities are distinguishable from text; everything is a pure function of the s
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import json
+import multiprocessing
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -145,6 +148,20 @@ def _entries_for(ident: Identity, params: dict, image_dir: Path) -> list[dict]:
     return entries
 
 
+PARALLEL_MIN_IMAGES = 2000  # below this, starting the worker processes costs more than it saves
+
+
+def render_workers(num_images: int) -> int:
+    """Processes to render with: the CPUs this process may use (at most 8), 1 for small renders or
+    when PLIP_RENDER_WORKERS says so."""
+    env = os.environ.get("PLIP_RENDER_WORKERS", "")
+    if env:
+        return max(1, int(env))
+    if num_images < PARALLEL_MIN_IMAGES:
+        return 1
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def write_layout(
     out_dir: str | os.PathLike,
     *,
@@ -167,10 +184,23 @@ def write_layout(
         return out
     out.mkdir(parents=True, exist_ok=True)
     entries: list[dict] = []
-    for ident in sample_identities(num_identities, seed):
-        entries.extend(_entries_for(ident, params, out))
-        if progress is not None:
-            progress(images_per_identity)
+    identities = list(sample_identities(num_identities, seed))
+    workers = render_workers(num_identities * images_per_identity)
+    render_one = functools.partial(_entries_for, params=params, image_dir=out)
+    if workers > 1:
+        # Each identity renders from its own seeds, so the processes write exactly the serial result.
+        ctx = multiprocessing.get_context("spawn")  # no fork of a (possibly) multithreaded parent
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            results = pool.map(render_one, identities, chunksize=max(1, len(identities) // (workers * 8)))
+            for ident_entries in results:
+                entries.extend(ident_entries)
+                if progress is not None:
+                    progress(images_per_identity)
+    else:
+        for ident in identities:
+            entries.extend(render_one(ident))
+            if progress is not None:
+                progress(images_per_identity)
     tmp = annotation.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(entries))
     os.replace(tmp, annotation)  # the annotation appears only when every image is written
