@@ -132,6 +132,6 @@ def test_iap_stride_and_several_images_per_caption():
     c.model.iap.sample_stride = 0
     with pytest.raises(ValueError, match="iap.sample_stride must be an integer >= 1"):
         build_model(c.model, text_cfg)
-    c.model.iap.sample_stride, c.model.tic.sample_stride = 1, 1.5
+    c.model.iap.sample_stride, c.model.tic.sample_stride = 1, 0
     with pytest.raises(ValueError, match="tic.sample_stride must be an integer >= 1"):
         build_model(c.model, text_cfg)
