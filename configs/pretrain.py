@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.ckpt_every = 50
         c.train.eval_batch_size = 64
         # Test only at the end (the number the mini is judged by): validation would cost ~35 s of
-        # the 10 minutes; `python -m plip_jax.evaluate` gives it afterwards.
+        # the 10 minutes; `python -m plip_jax.main --config configs/eval_text_reid.py` gives it afterwards.
         c.train.final_val = False
     if a.steps:
         c.train.steps = a.steps

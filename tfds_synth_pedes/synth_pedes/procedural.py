@@ -9,6 +9,7 @@ identities are distinguishable from text; everything is a pure function of the s
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
@@ -187,18 +188,15 @@ def write_layout(
     identities = list(sample_identities(num_identities, seed))
     workers = render_workers(num_identities * images_per_identity)
     render_one = functools.partial(_entries_for, params=params, image_dir=out)
-    if workers > 1:
-        # Each identity renders from its own seeds, so the processes write exactly the serial result.
-        ctx = multiprocessing.get_context("spawn")  # no fork of a (possibly) multithreaded parent
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            results = pool.map(render_one, identities, chunksize=max(1, len(identities) // (workers * 8)))
-            for ident_entries in results:
-                entries.extend(ident_entries)
-                if progress is not None:
-                    progress(images_per_identity)
-    else:
-        for ident in identities:
-            entries.extend(render_one(ident))
+    # Each identity renders from its own seeds, so worker processes write exactly the serial result;
+    # `spawn`, so a (possibly) multithreaded parent is never forked.
+    pool = (concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 1 else contextlib.nullcontext())
+    with pool:
+        results = (pool.map(render_one, identities, chunksize=max(1, len(identities) // (workers * 8)))
+                   if workers > 1 else map(render_one, identities))
+        for ident_entries in results:
+            entries.extend(ident_entries)
             if progress is not None:
                 progress(images_per_identity)
     tmp = annotation.with_suffix(".json.tmp")
