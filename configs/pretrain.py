@@ -1,4 +1,7 @@
-"""PLIP pre-training. `configs/pretrain.py` = the paper's setting on SYNTH-PEDES (full);
+"""PLIP pre-training. `configs/pretrain.py` = the NeurIPS paper's setting on SYNTH-PEDES (full), recipe
+`paper_v2` (max pool + Linear image embedding, mean-pooled text: Tab. 16c's best);
+`configs/pretrain.py:release` = the same run with the architecture of the released PLIP_RN50
+weights (attention pool + BERT pooler; official weights load into it);
 `configs/pretrain.py:mini` = the embedded default: procedural data, small image encoder, MiniLM-L6
 text tower, sized for 2 CPU cores (< 10 minutes including the dataset build)."""
 from __future__ import annotations
@@ -10,7 +13,11 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = common.parse_arg(arg, mini=False, recipe="release", steps=0, batch=0)
+    a = common.parse_arg(arg, mini=False, release=False, recipe="paper_v2", steps=0, batch=0)
+    if a.release:
+        if arg and "recipe=" in arg and a.recipe != "release":
+            raise ValueError(f"config argument 'release' contradicts recipe={a.recipe!r}")
+        a.recipe = "release"
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = common.model_config(a.recipe)
@@ -33,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # how all-MiniLM-L6-v2 was trained to embed sentences. The image encoder, learning from
         # scratch, is what limits retrieval, so each caption brings 4 images of its identity (one
         # caption pass feeds 4 image samples) and IAP's masked caption pass runs on every 4th
-        # sample (README "Embedded default" has the measurements behind both).
-        c.model.recipe = a.recipe if arg and "recipe=" in arg else "paper_v2"
+        # sample (README "Embedded default" has the measurements behind both). The recipe is the
+        # default paper_v2 unless `recipe=` or `release` says otherwise.
         c.model.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(64, 32),
                              pool=config_dict.placeholder(str))
         c.model.text = dict(init="minilm", frozen_layers=5, mask_padding=True, dropout=None,
