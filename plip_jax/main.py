@@ -15,6 +15,8 @@ flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, 
 flags.DEFINE_string("coordinator", None, "host:port of process 0 for multi-process runs (else auto-detect).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_string("compile_cache", None, "Persistent XLA compilation cache folder; 'off' disables "
+                    "it (default: $PLIP_COMPILE_CACHE, else ~/.cache/plip_jax/xla).")
 FLAGS = flags.FLAGS
 
 
@@ -29,6 +31,9 @@ def main(argv) -> None:
     from plip_jax import distributed
 
     distributed.maybe_initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    from plip_jax import compile_cache
+
+    compile_cache.enable(FLAGS.compile_cache)
     config = _CONFIG.value
     if config is None:
         _fail("--config is required (e.g. --config configs/pretrain.py:mini)")
