@@ -24,7 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.procedural = ml_collections.ConfigDict(dict(
         num_identities=2000, images_per_identity=6, image_height=128, image_width=64, seed=0,
         num_val_ids=200, num_test_ids=200))
-    c.ap = "irra"                                      # 'irra' | 'trapezoid' (official PLIP mAP)
     c.batch_size = 128
     c.max_items = 0                                    # 0 = the whole split
     c.recipe = config_dict.placeholder(str)            # override the checkpoint's recipe

@@ -24,7 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.query_split = "query" if a.dataset in ("market1501", "dukemtmc") else ""
     c.data.gallery_split = "gallery" if a.dataset in ("market1501", "dukemtmc") else ""
-    c.ap = "trapezoid"                                 # Market devkit AP
     c.eval_feature = "bn"                              # 'bn' (after BNNeck) | 'raw' (encoder output)
     c.optim.name = "adamw"
     c.optim.lr = 3.5e-4

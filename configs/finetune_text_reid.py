@@ -22,7 +22,6 @@ def base_config(mode: str, a: ml_collections.ConfigDict) -> ml_collections.Confi
     c.seed = 0
     c.init_checkpoint = config_dict.placeholder(str)   # workdir / Orbax step dir / official .pth.tar
     c.few_shot = float(a.few_shot)                     # fraction of training identities used
-    c.ap = "irra"                                      # 'irra' | 'trapezoid' (official PLIP / Market AP)
     c.model = common.model_config("release")           # architecture of the from-scratch baseline
     c.model.text.frozen_layers = 0                     # all BERT layers trainable downstream
     c.optim = common.optim_config()

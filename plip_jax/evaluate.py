@@ -1,5 +1,6 @@
 """Evaluation run: embed a text-ReID split with a checkpoint, rank, print a paper-style table and
-write WORKDIR/eval.json (keys R1, R5, R10, mAP, mINP in percent, num_queries, num_gallery)."""
+write WORKDIR/eval.json (keys R1, R5, R10, mAP (IRRA), mAP_official (PLIP's trapezoid), mINP in
+percent, num_queries, num_gallery)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from plip_jax.train import ConfigError, print_table
+
+REMOVED_AP = ("config.ap was removed: every result has both mAP (IRRA, what text-ReID papers report) "
+              "and mAP_official (the official PLIP trapezoid AP); drop the key from the config")
 
 
 def _data_cfg(config):
@@ -30,8 +34,8 @@ def run(config, workdir: str | Path) -> dict:
 
     if not config.checkpoint:
         raise ConfigError("set --config.checkpoint=PATH (a workdir, an Orbax step dir or an official .pth.tar)")
-    if config.ap not in ("irra", "trapezoid"):
-        raise ConfigError(f"config.ap must be 'irra' or 'trapezoid', got {config.ap!r}")
+    if "ap" in config:
+        raise ConfigError(REMOVED_AP)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data_cfg = _data_cfg(config)
@@ -44,10 +48,10 @@ def run(config, workdir: str | Path) -> dict:
     img = model.encode_images(split["images"], batch_size=int(config.batch_size)) \
         if _accepts_batch_size(model.encode_images) else model.encode_images(split["images"])
     txt = model.encode_texts(split["captions"])
-    metrics = retrieval_metrics(txt, img, split["caption_ids"], split["image_ids"], ap=config.ap)
+    metrics = retrieval_metrics(txt, img, split["caption_ids"], split["image_ids"])
     result = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}
     result.update(dataset=f"{data_cfg.name}/{data_cfg.config}", split=config.split,
-                  checkpoint=str(config.checkpoint), ap=config.ap, seconds=round(time.time() - t0, 1))
+                  checkpoint=str(config.checkpoint), seconds=round(time.time() - t0, 1))
     (workdir / "eval.json").write_text(json.dumps(result, indent=2))
     print_table(f"Text-to-image retrieval: {result['dataset']} {config.split} "
                 f"({result['num_queries']} queries, {result['num_gallery']} images)", {config.split: result})

@@ -30,7 +30,7 @@ from plip_jax.data.transforms import MEAN, STD
 
 LOSS_KEYS = (("loss", "total (weighted)"), ("loss_ivlc", "IVLC (CMPM)"), ("loss_tic", "TIC (colorization)"),
              ("loss_iap", "IAP (attribute prediction)"))
-METRIC_COLS = ("R1", "R5", "R10", "mAP", "mINP")
+METRIC_COLS = ("R1", "R5", "R10", "mAP", "mAP_official", "mINP")
 
 
 class ReportError(RuntimeError):

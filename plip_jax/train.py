@@ -121,9 +121,10 @@ def _host_metrics(metrics: dict) -> dict[str, float]:
 
 
 def print_table(title: str, rows: dict[str, dict[str, float]]) -> str:
-    """A small paper-style table: one row per split, R@1/R@5/R@10/mAP/mINP."""
-    cols = ["R1", "R5", "R10", "mAP", "mINP"]
-    lines = [title, f"{'split':<10}" + "".join(f"{c:>9}" for c in cols)]
+    """A small paper-style table: one row per split, R@1/R@5/R@10/mAP (IRRA)/mAP_official (PLIP's
+    trapezoid)/mINP."""
+    cols = ["R1", "R5", "R10", "mAP", "mAP_official", "mINP"]
+    lines = [title, f"{'split':<10}" + "".join(f"{c:>{max(9, len(c) + 1)}}" for c in cols)]
     for name, m in rows.items():
         lines.append(f"{name:<10}" + "".join(f"{m.get(c, float('nan')):>9.2f}" for c in cols))
     text = "\n".join(lines)

@@ -49,10 +49,64 @@ def _reference(sim, q_ids, g_ids, ks, q_cams=None, g_cams=None):
             "mINP": 100 * inp / scored}
 
 
-def _check(got, ref, ap):
+def _check(got, ref):
+    """Every result carries both conventions from one ranking: mAP (IRRA), mAP_official (trapezoid)."""
     for key in [k for k in ref if k.startswith("R")] + ["mINP"]:
         assert got[key] == pytest.approx(ref[key], abs=1e-9), key
-    assert got["mAP"] == pytest.approx(ref[ap], abs=1e-9)
+    assert got["mAP"] == pytest.approx(ref["irra"], abs=1e-9)
+    assert got["mAP_official"] == pytest.approx(ref["trapezoid"], abs=1e-9)
+
+
+def _irra_rank_torch(sim, q_ids, g_ids, max_rank=10):
+    """IRRA ``utils/metrics.py:rank``, vectorised in torch as there (argsort, cumsum, no loops)."""
+    torch = pytest.importorskip("torch")
+    sim, q_ids, g_ids = torch.as_tensor(sim), torch.as_tensor(q_ids), torch.as_tensor(g_ids)
+    matches = g_ids[torch.argsort(sim, dim=1, descending=True)] == q_ids[:, None]
+    cmc = (matches[:, :max_rank].cumsum(1) >= 1).double().mean(0) * 100
+    hits = matches.cumsum(1).double()
+    ap = (hits / torch.arange(1, sim.shape[1] + 1) * matches).sum(1) / matches.sum(1)
+    last = torch.stack([row.nonzero()[-1, 0] for row in matches])
+    inp = hits[torch.arange(len(last)), last] / (last + 1.0)
+    return {"R1": float(cmc[0]), "R5": float(cmc[4]), "R10": float(cmc[9]),
+            "mAP": float(ap.mean() * 100), "mINP": float(inp.mean() * 100)}
+
+
+def _plip_test_map(sim, q_ids, g_ids):
+    """The official PLIP ``test_map``: per query a descending argsort, then the Market devkit
+    ``compute_mAP`` loop (no junk for text->image); the means divide by all queries."""
+    ap_sum, cmc = 0.0, np.zeros(sim.shape[1])
+    for i in range(sim.shape[0]):
+        index = np.argsort(sim[i])[::-1]
+        good = np.nonzero(g_ids == q_ids[i])[0]
+        rows_good = np.nonzero(np.isin(index, good))[0]
+        cmc[rows_good[0]:] += 1
+        ngood, ap = len(good), 0.0
+        for k, row in enumerate(rows_good):
+            d_recall = 1.0 / ngood
+            precision = (k + 1) / (row + 1)
+            old_precision = k / row if row != 0 else 1.0
+            ap += d_recall * (old_precision + precision) / 2
+        ap_sum += ap
+    cmc /= sim.shape[0]
+    return {"R1": 100 * cmc[0], "R5": 100 * cmc[4], "R10": 100 * cmc[9],
+            "mAP_official": 100 * ap_sum / sim.shape[0]}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_both_maps_equal_irra_and_plip_reference_code_in_one_call(seed):
+    rng = np.random.default_rng(20 + seed)
+    q, g = rng.normal(size=(30, 8)), rng.normal(size=(45, 8))  # continuous: no ties to break
+    q_ids, g_ids = rng.integers(0, 9, 30), rng.integers(0, 9, 45)
+    g_ids[:9] = np.arange(9)  # every query has a match
+    got = retrieval_metrics(q, g, q_ids, g_ids, block_size=7)
+    qn = q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-12)
+    gn = g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-12)
+    irra, plip = _irra_rank_torch(qn @ gn.T, q_ids, g_ids), _plip_test_map(qn @ gn.T, q_ids, g_ids)
+    for key in ("R1", "R5", "R10", "mAP", "mINP"):
+        assert got[key] == pytest.approx(irra[key], abs=1e-9), key
+    for key in ("R1", "R5", "R10", "mAP_official"):
+        assert got[key] == pytest.approx(plip[key], abs=1e-9), key
+    assert got["mAP"] != pytest.approx(got["mAP_official"], abs=1e-6)  # they do differ
 
 
 # ---------------------------------------------------------------- hand-computed, 3 x 5
@@ -78,13 +132,12 @@ HAND = {
 }
 
 
-@pytest.mark.parametrize("ap", ["irra", "trapezoid"])
 @pytest.mark.parametrize("method", ["sort", "count", "auto"])
 @pytest.mark.parametrize("block_size", [1, 2, 4096])
-def test_hand_example(ap, method, block_size):
-    got = metrics_from_similarity(HAND_SIM, HAND_Q, HAND_G, ks=(1, 2, 5), ap=ap,
+def test_hand_example(method, block_size):
+    got = metrics_from_similarity(HAND_SIM, HAND_Q, HAND_G, ks=(1, 2, 5),
                                   block_size=block_size, method=method)
-    _check(got, HAND, ap)
+    _check(got, HAND)
     assert got["num_queries"] == 3 and got["num_gallery"] == 5
     assert got["num_queries_without_match"] == 0
 
@@ -97,8 +150,7 @@ def test_hand_example_matches_reference():
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("ap", ["irra", "trapezoid"])
-def test_random_similarity_vs_reference(seed, ap):
+def test_random_similarity_vs_reference(seed):
     rng = np.random.default_rng(seed)
     nq, ng = 23, 31
     sim = np.round(rng.normal(size=(nq, ng)), 1)  # coarse rounding -> many ties
@@ -108,8 +160,8 @@ def test_random_similarity_vs_reference(seed, ap):
     ref = _reference(sim, q_ids, g_ids, (1, 5, 10))
     for method in ("sort", "count"):
         with pytest.warns(RuntimeWarning, match="no match"):
-            got = metrics_from_similarity(sim, q_ids, g_ids, ap=ap, block_size=5, method=method)
-        _check(got, ref, ap)
+            got = metrics_from_similarity(sim, q_ids, g_ids, block_size=5, method=method)
+        _check(got, ref)
         assert got["num_queries_without_match"] == int((q_ids == 7).sum())
 
 
@@ -121,7 +173,7 @@ def test_many_matches_use_sort_path_consistently():
     q_ids = np.array([0, 1, 0, 1, 1, 0])
     ref = _reference(sim, q_ids, g_ids, (1, 5, 10))
     for method in ("auto", "count", "sort"):
-        _check(metrics_from_similarity(sim, q_ids, g_ids, method=method), ref, "irra")
+        _check(metrics_from_similarity(sim, q_ids, g_ids, method=method), ref)
 
 
 def test_blocked_equals_full_matrix_on_embeddings():
@@ -130,13 +182,12 @@ def test_blocked_equals_full_matrix_on_embeddings():
     g = rng.normal(size=(25, 8)).astype(np.float32)
     q_ids, g_ids = rng.integers(0, 5, 40), rng.integers(0, 5, 25)
     g_ids[:5] = np.arange(5)  # every query has a match
-    for ap in ("irra", "trapezoid"):
-        small = retrieval_metrics(q, g, q_ids, g_ids, ap=ap, block_size=3)
-        big = retrieval_metrics(q, g, q_ids, g_ids, ap=ap, block_size=10**6)
-        assert small == pytest.approx(big, abs=1e-9)
-        qn = q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-12)
-        gn = g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-12)
-        _check(big, _reference(qn @ gn.T, q_ids, g_ids, (1, 5, 10)), ap)
+    small = retrieval_metrics(q, g, q_ids, g_ids, block_size=3)
+    big = retrieval_metrics(q, g, q_ids, g_ids, block_size=10**6)
+    assert small == pytest.approx(big, abs=1e-9)
+    qn = q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-12)
+    gn = g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-12)
+    _check(big, _reference(qn @ gn.T, q_ids, g_ids, (1, 5, 10)))
 
 
 def test_normalize_makes_scale_irrelevant():
@@ -147,7 +198,7 @@ def test_normalize_makes_scale_irrelevant():
                                q_ids, g_ids)
     assert scaled == pytest.approx(retrieval_metrics(q, g, q_ids, g_ids))
     raw = retrieval_metrics(q, g * np.arange(1, 13)[:, None], q_ids, g_ids, normalize=False)
-    _check(raw, _reference(q @ (g * np.arange(1, 13)[:, None]).T, q_ids, g_ids, (1, 5, 10)), "irra")
+    _check(raw, _reference(q @ (g * np.arange(1, 13)[:, None]).T, q_ids, g_ids, (1, 5, 10)))
 
 
 # ------------------------------------------------------------------------------- ties
@@ -201,7 +252,6 @@ def test_empty_queries_excluded_or_scored_zero():
         (dict(query_ids=np.array([0])), "query_ids must be a 1-D array of length 2"),
         (dict(gallery_ids=np.array([0.5, 1.5, 2.5])), "integer ids"),
         (dict(query_emb=np.array([[np.nan, 1.0], [1.0, 1.0]])), "NaN"),
-        (dict(ap="voc"), "ap must be"),
         (dict(ks=(0, 5)), "positive integers"),
         (dict(block_size=0), "block_size"),
         (dict(query_ids=np.array([7, 8])), "no query has a matching"),
@@ -216,6 +266,16 @@ def test_retrieval_bad_input(kwargs, message):
         retrieval_metrics(**args)
 
 
+def test_ap_switch_is_gone():
+    """No option silently changes what mAP means: `ap=` is refused; both keys always come back."""
+    args = (np.ones((2, 2)), np.eye(3, 2), np.array([0, 1]), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="ap"):
+        retrieval_metrics(*args, ap="trapezoid")
+    with pytest.raises(TypeError, match="ap"):
+        reid_metrics(*args, np.array([0, 0]), np.array([1, 1, 1]), ap="irra")
+    assert {"mAP", "mAP_official"} <= set(retrieval_metrics(*args))
+
+
 # ---------------------------------------------------------------------------- ReID
 
 
@@ -226,14 +286,12 @@ def test_reid_camera_rule_by_hand():
     g_ids = np.array([1, 1, -1, 2, 1, 0])
     g_cams = np.array([0, 1, 0, 0, 2, 1])
     for method in ("sort", "count"):
-        trap = reid_metrics_from_similarity(sim, np.array([1]), g_ids, np.array([0]), g_cams,
-                                            ks=(1, 2), method=method)
-        assert trap["R1"] == 0.0 and trap["R2"] == 100.0
-        assert trap["mAP"] == pytest.approx(100 * (0.25 + 5 / 12) / 2)
-        assert trap["mINP"] == pytest.approx(50.0)
-        irra = reid_metrics_from_similarity(sim, np.array([1]), g_ids, np.array([0]), g_cams,
-                                            ap="irra", method=method)
-        assert irra["mAP"] == pytest.approx(50.0)
+        res = reid_metrics_from_similarity(sim, np.array([1]), g_ids, np.array([0]), g_cams,
+                                           ks=(1, 2), method=method)
+        assert res["R1"] == 0.0 and res["R2"] == 100.0
+        assert res["mAP_official"] == pytest.approx(100 * (0.25 + 5 / 12) / 2)  # devkit trapezoid
+        assert res["mAP"] == pytest.approx(50.0)  # (1/2 + 2/4) / 2
+        assert res["mINP"] == pytest.approx(50.0)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -247,13 +305,11 @@ def test_reid_vs_reference(seed):
     qn = q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-12)
     gn = g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-12)
     ref = _reference(qn @ gn.T, q_ids, g_ids, (1, 5, 10), q_cams, g_cams)
-    for ap in ("irra", "trapezoid"):
-        for method in ("sort", "count"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                got = reid_metrics(q, g, q_ids, g_ids, q_cams, g_cams, ap=ap, block_size=4,
-                                   method=method)
-            _check(got, ref, ap)
+    for method in ("sort", "count"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got = reid_metrics(q, g, q_ids, g_ids, q_cams, g_cams, block_size=4, method=method)
+        _check(got, ref)
 
 
 def test_gallery_id_index_lookup():
@@ -269,7 +325,8 @@ def test_reid_query_whose_only_matches_share_its_camera_is_dropped():
                                            np.array([0, 0]), np.array([0, 0, 1]), ks=(1,))
     # query 0: its only same-id item is same-camera junk; query 1: g1 junk, g2 ranked 2nd of 2
     assert res["R1"] == 0.0 and res["num_queries_without_match"] == 1
-    assert res["mAP"] == pytest.approx(25.0)  # devkit trapezoid: (0 + 1/2) / 2
+    assert res["mAP_official"] == pytest.approx(25.0)  # devkit trapezoid: (0 + 1/2) / 2
+    assert res["mAP"] == pytest.approx(50.0)  # IRRA: 1/2
     assert res["mINP"] == pytest.approx(50.0)
 
     args = (np.ones((1, 2)), np.ones((2, 2)))

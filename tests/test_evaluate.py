@@ -20,11 +20,11 @@ def test_eval_run_writes_eval_json_and_table(tmp_path):
               f"--config.data_dir={data}", config="configs/eval_text_reid.py")
     _ok(p)
     result = json.loads((out / "eval.json").read_text())
-    for key in ("R1", "R5", "R10", "mAP", "mINP", "num_queries", "num_gallery"):
+    for key in ("R1", "R5", "R10", "mAP", "mAP_official", "mINP", "num_queries", "num_gallery"):
         assert key in result
     assert result["num_gallery"] == 12 and result["num_queries"] > 12
     assert 0.0 <= result["R1"] <= result["R5"] <= result["R10"] <= 100.0
-    assert "R1" in p.stdout and "Text-to-image retrieval" in p.stdout
+    assert "R1" in p.stdout and "mAP_official" in p.stdout and "Text-to-image retrieval" in p.stdout
 
 
 def test_eval_run_without_checkpoint_fails_in_one_line(tmp_path):

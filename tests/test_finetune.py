@@ -45,13 +45,14 @@ def test_three_tasks_end_to_end(tmp_path: Path, run_in_subprocess):
     assert text["task"] == "text_reid" and text["init"].startswith("scratch")
     assert text["steps"] == 2 and 0.0 <= text["R1"] <= 100.0
     ev = json.loads((tmp_path / "t" / "eval.json").read_text())
-    assert set(ev["zero_shot"]) >= {"R1", "mAP"} and set(ev["finetuned"]) >= {"R1", "mAP"}
+    assert set(ev["zero_shot"]) >= {"R1", "mAP", "mAP_official"} and set(ev["finetuned"]) >= {"R1", "mAP", "mAP_official"}
     assert (tmp_path / "t" / "metrics.jsonl").read_text().count("loss_cmpc") == 2
 
     img = run_in_subprocess([str(script), "image_reid", str(tmp_path / "i"), data, str(tmp_path / "t")], timeout=600)
     assert img["init"].startswith("checkpoint") and img["protocol"] == "test split by camera"
     assert img["num_query"] > 0 and img["num_gallery"] > 0 and 0.0 <= img["mAP"] <= 100.0
 
+    assert 0.0 <= img["mAP_official"] <= 100.0
     att = run_in_subprocess([str(script), "attributes", str(tmp_path / "a"), data, str(tmp_path / "i")], timeout=600)
     assert att["num_attributes"] == 50 and att["num_evaluated_attributes"] > 0 and 0.0 <= att["mA"] <= 100.0
     assert (tmp_path / "a" / "checkpoints").is_dir()

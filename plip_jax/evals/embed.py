@@ -103,11 +103,11 @@ class Embedder:
         return np.concatenate(out)[np.argsort(order)]
 
 
-def text_reid_eval(embedder: Embedder, variables: dict, split: dict[str, Any], ap: str = "irra") -> dict:
-    """Zero-shot text->image retrieval on a loaded eval split (query = every caption)."""
+def text_reid_eval(embedder: Embedder, variables: dict, split: dict[str, Any]) -> dict:
+    """Zero-shot text->image retrieval on a loaded eval split (query = every caption); both mAPs."""
     from plip_jax.evals.retrieval import retrieval_metrics
 
     img = embedder.images(variables, split["images"])
     txt = embedder.texts(variables, split["input_ids"], split["attention_mask"])
-    metrics = retrieval_metrics(txt, img, np.asarray(split["caption_ids"]), np.asarray(split["image_ids"]), ap=ap)
+    metrics = retrieval_metrics(txt, img, np.asarray(split["caption_ids"]), np.asarray(split["image_ids"]))
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}

@@ -5,7 +5,8 @@ ranking (junk), as are gallery items with a negative id (Market-1501 ``-1`` junk
 >= 0 are ordinary identities: Market's ``0000`` distractors never share a query id, so they stay
 in the ranking as negatives (this also keeps MSMT17, whose real ids start at 0, correct). Matches
 are the same id seen by a different camera. Ranking, AP conventions and percent outputs are those
-of :mod:`plip_jax.evals.retrieval`; the official Market/PLIP scripts use ``ap="trapezoid"``.
+of :mod:`plip_jax.evals.retrieval`: ``mAP`` is the non-interpolated AP (BoT / torchreid),
+``mAP_official`` the trapezoid AP of the Market devkit and the official PLIP scripts.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from plip_jax.evals.retrieval import (
-    APConvention,
     RankingAccumulator,
     RankMethod,
     _as_embeddings,
@@ -67,19 +67,18 @@ def reid_metrics_from_similarity(
     q_cams: np.ndarray,
     g_cams: np.ndarray,
     ks: Sequence[int] = (1, 5, 10),
-    ap: APConvention = "trapezoid",
     block_size: int = 4096,
     method: RankMethod = "auto",
     count_empty_queries: bool = False,
 ) -> dict:
     """Market-1501 ReID metrics from a precomputed (Q, G) similarity (higher = more similar)."""
-    ks = _check_common(ks, ap, block_size, method)
+    ks = _check_common(ks, block_size, method)
     sim = _as_embeddings(sim, "sim")
     q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
         q_ids, g_ids, q_cams, g_cams, sim.shape[0], sim.shape[1]
     )
     index, junk = GalleryIdIndex(g_ids), np.nonzero(g_ids < 0)[0]
-    acc = RankingAccumulator(ks, ap, count_empty_queries)
+    acc = RankingAccumulator(ks, count_empty_queries)
     for lo in range(0, sim.shape[0], block_size):
         sl = slice(lo, lo + block_size)
         block = _market_block(sim[sl], index, q_ids[sl], q_cams[sl], g_cams, junk)
@@ -97,25 +96,24 @@ def reid_metrics(
     g_cams: np.ndarray,
     ks: Sequence[int] = (1, 5, 10),
     block_size: int = 4096,
-    ap: APConvention = "trapezoid",
     normalize: bool = True,
     method: RankMethod = "auto",
     count_empty_queries: bool = False,
 ) -> dict:
-    """Image ReID metrics (R@k, mAP, mINP in percent) on cosine similarity, Market-1501 protocol.
+    """Image ReID metrics (R@k, mAP, mAP_official, mINP in percent) on cosine, Market-1501 protocol.
 
-    Returns ``R{k}``, ``mAP``, ``mINP``, ``num_queries``, ``num_queries_without_match`` and
+    Returns ``R{k}``, ``mAP``, ``mAP_official``, ``mINP``, ``num_queries``, ``num_queries_without_match`` and
     ``num_gallery``; queries left without any cross-camera match are handled as in
     :func:`plip_jax.evals.retrieval.retrieval_metrics`.
     """
-    ks = _check_common(ks, ap, block_size, method)
+    ks = _check_common(ks, block_size, method)
     q = _as_embeddings(query_emb, "query_emb")
     g = _as_embeddings(gallery_emb, "gallery_emb")
     q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
         q_ids, g_ids, q_cams, g_cams, q.shape[0], g.shape[0]
     )
     index, junk = GalleryIdIndex(g_ids), np.nonzero(g_ids < 0)[0]
-    acc = RankingAccumulator(ks, ap, count_empty_queries)
+    acc = RankingAccumulator(ks, count_empty_queries)
     for lo, sim in _similarity_blocks(q, g, int(block_size), normalize):
         sl = slice(lo, lo + sim.shape[0])
         block = _market_block(sim, index, q_ids[sl], q_cams[sl], g_cams, junk)

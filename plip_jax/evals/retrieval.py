@@ -1,15 +1,17 @@
-"""Text-to-image person retrieval metrics (R@k, mAP, mINP) computed blockwise in numpy.
+"""Text-to-image person retrieval metrics (R@k, mAP, mAP_official, mINP) computed blockwise in numpy.
 
 Every metric depends only on the 1-based ranks of the true matches of each query in the
 deterministic ranking of the gallery (descending cosine similarity, ties broken by the lower
 gallery index, i.e. a stable argsort of ``-sim``). So the gallery is scored in query blocks and
 only the ranks of the matches are kept; a 100k x 100k ranking never holds the full matrix.
 
-Conventions (see shared/PEERS.md section 4a):
-- ``ap="irra"``: AP = mean over the matches of precision at each match (IRRA ``utils/metrics.py``).
-- ``ap="trapezoid"``: Market-1501 devkit AP used by the official PLIP ``compute_mAP``: every match
-  adds ``(1/ngood) * (prec_before + prec_at_match) / 2`` where ``prec_before`` is the precision at
-  the position just before the match (``i / (r_i - 1)``), and 1 when the match is ranked first.
+Both AP conventions come from the same ranks (see shared/PEERS.md section 4a), so every result
+carries both keys:
+- ``mAP``: AP = mean over the matches of precision at each match (IRRA ``utils/metrics.py``; what
+  text-ReID papers report, and the non-interpolated AP of BoT / torchreid for image ReID).
+- ``mAP_official``: Market-1501 devkit AP used by the official PLIP ``compute_mAP`` / ``test_map``:
+  every match adds ``(1/ngood) * (prec_before + prec_at_match) / 2`` where ``prec_before`` is the
+  precision at the position just before the match (``i / (r_i - 1)``), and 1 when it is ranked first.
 - mINP: ``num_matches / rank_of_last_match``. All metrics are returned in percent.
 - Queries without any match in the gallery are counted in ``num_queries_without_match`` and, by
   default, excluded from every mean with a ``RuntimeWarning`` (IRRA would divide by zero there).
@@ -24,7 +26,6 @@ from typing import Literal
 
 import numpy as np
 
-APConvention = Literal["irra", "trapezoid"]
 RankMethod = Literal["auto", "sort", "count"]
 
 NORM_EPS = 1e-12  # the official code divides by (norm + 1e-12)
@@ -58,12 +59,10 @@ def _as_ids(ids: np.ndarray, n: int, name: str) -> np.ndarray:
     return ids
 
 
-def _check_common(ks: Sequence[int], ap: str, block_size: int, method: str) -> tuple[int, ...]:
+def _check_common(ks: Sequence[int], block_size: int, method: str) -> tuple[int, ...]:
     ks = tuple(int(k) for k in ks)
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks}")
-    if ap not in ("irra", "trapezoid"):
-        raise ValueError(f"ap must be 'irra' or 'trapezoid', got {ap!r}")
     if int(block_size) < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     if method not in ("auto", "sort", "count"):
@@ -153,14 +152,15 @@ def match_ranks(
 
 
 class RankingAccumulator:
-    """Sums per-query R@k / AP / INP over blocks of match ranks; ``result()`` gives percentages."""
+    """Sums per-query R@k / AP (both conventions) / INP over blocks of match ranks; ``result()``
+    gives percentages."""
 
-    def __init__(self, ks: Sequence[int], ap: APConvention, count_empty_queries: bool = False):
+    def __init__(self, ks: Sequence[int], count_empty_queries: bool = False):
         self.ks = tuple(ks)
-        self.ap = ap
         self.count_empty_queries = count_empty_queries
         self.hits = np.zeros(len(self.ks), dtype=np.int64)
-        self.ap_sum = 0.0
+        self.ap_sum = 0.0  # IRRA: mean precision at the matches
+        self.ap_official_sum = 0.0  # PLIP / Market devkit trapezoid
         self.inp_sum = 0.0
         self.num_queries = 0
         self.num_empty = 0
@@ -179,14 +179,13 @@ class RankingAccumulator:
         i = np.arange(1, r.shape[1] + 1, dtype=np.float64)[None, :]
         safe = np.where(m, r, 1.0)
         prec = i / safe
-        if self.ap == "irra":
-            ap = np.where(m, prec, 0.0).sum(axis=1) / n
-        else:
-            before = np.where(safe > 1, (i - 1) / np.maximum(safe - 1, 1), 1.0)
-            ap = np.where(m, (before + prec) / 2, 0.0).sum(axis=1) / n
+        before = np.where(safe > 1, (i - 1) / np.maximum(safe - 1, 1), 1.0)
+        ap = np.where(m, prec, 0.0).sum(axis=1) / n
+        ap_official = np.where(m, (before + prec) / 2, 0.0).sum(axis=1) / n
         last = np.take_along_axis(safe, (n.astype(np.int64) - 1)[:, None], axis=1)[:, 0]
         first = r[:, 0]
         self.ap_sum += float(ap.sum())
+        self.ap_official_sum += float(ap_official.sum())
         self.inp_sum += float((n / last).sum())
         self.hits += np.array([(first <= k).sum() for k in self.ks], dtype=np.int64)
 
@@ -206,6 +205,7 @@ class RankingAccumulator:
         denom = self.num_queries if self.count_empty_queries else scored
         out = {f"R{k}": 100.0 * float(h) / denom for k, h in zip(self.ks, self.hits)}
         out["mAP"] = 100.0 * self.ap_sum / denom
+        out["mAP_official"] = 100.0 * self.ap_official_sum / denom
         out["mINP"] = 100.0 * self.inp_sum / denom
         out["num_queries"] = self.num_queries
         out["num_queries_without_match"] = self.num_empty
@@ -233,18 +233,17 @@ def metrics_from_similarity(
     query_ids: np.ndarray,
     gallery_ids: np.ndarray,
     ks: Sequence[int] = (1, 5, 10),
-    ap: APConvention = "irra",
     block_size: int = 4096,
     method: RankMethod = "auto",
     count_empty_queries: bool = False,
 ) -> dict:
     """Retrieval metrics from a precomputed (Q, G) similarity matrix (higher = more similar)."""
-    ks = _check_common(ks, ap, block_size, method)
+    ks = _check_common(ks, block_size, method)
     sim = _as_embeddings(sim, "sim")
     q_ids = _as_ids(query_ids, sim.shape[0], "query_ids")
     g_ids = _as_ids(gallery_ids, sim.shape[1], "gallery_ids")
     index = GalleryIdIndex(g_ids)
-    acc = RankingAccumulator(ks, ap, count_empty_queries)
+    acc = RankingAccumulator(ks, count_empty_queries)
     for lo in range(0, sim.shape[0], block_size):
         cols, present = index.lookup(q_ids[lo : lo + block_size])
         acc.add(*match_ranks(sim[lo : lo + block_size], cols, present, method))
@@ -257,7 +256,6 @@ def retrieval_metrics(
     query_ids: np.ndarray,
     gallery_ids: np.ndarray,
     ks: Sequence[int] = (1, 5, 10),
-    ap: APConvention = "irra",
     block_size: int = 4096,
     normalize: bool = True,
     method: RankMethod = "auto",
@@ -266,16 +264,16 @@ def retrieval_metrics(
     """Text->image retrieval metrics (R@k, mAP, mINP in percent) by identity, ranked blockwise.
 
     Query = caption embeddings, gallery = image embeddings; a gallery item is a match iff its id
-    equals the query id. Returns ``R{k}`` for each k, ``mAP``, ``mINP``, ``num_queries``,
-    ``num_queries_without_match`` and ``num_gallery``.
+    equals the query id. Returns ``R{k}`` for each k, ``mAP`` (IRRA), ``mAP_official`` (PLIP's
+    trapezoid), ``mINP``, ``num_queries``, ``num_queries_without_match`` and ``num_gallery``.
     """
-    ks = _check_common(ks, ap, block_size, method)
+    ks = _check_common(ks, block_size, method)
     q = _as_embeddings(query_emb, "query_emb")
     g = _as_embeddings(gallery_emb, "gallery_emb")
     q_ids = _as_ids(query_ids, q.shape[0], "query_ids")
     g_ids = _as_ids(gallery_ids, g.shape[0], "gallery_ids")
     index = GalleryIdIndex(g_ids)
-    acc = RankingAccumulator(ks, ap, count_empty_queries)
+    acc = RankingAccumulator(ks, count_empty_queries)
     for lo, sim in _similarity_blocks(q, g, int(block_size), normalize):
         cols, present = index.lookup(q_ids[lo : lo + sim.shape[0]])
         acc.add(*match_ranks(sim, cols, present, method))
