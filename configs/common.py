@@ -67,6 +67,7 @@ def optim_config() -> ml_collections.ConfigDict:
         scale_lr_by_batch=True,              # lr * global_batch / 512
         b1=0.98, b2=0.92, b3=0.99, eps=1e-8,
         weight_decay=0.02,
+        no_prox=False,                       # Adan decay: False p/(1+lr wd) (official), True p(1-lr wd)
         schedule="step",                     # 'step' (MultiStep) | 'cosine' | 'constant'
         warmup_epochs=10.0,
         decay_epochs=(30.0, 50.0),

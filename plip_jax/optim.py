@@ -1,6 +1,7 @@
-"""The optax chain from config: Adan (paper) or AdamW, warm-up then step or cosine decay,
-clipping, frozen parameters (no update, no optimizer state), per-group learning-rate multipliers
-and gradient accumulation. Groups are regexes over '/'-joined parameter names."""
+"""The optax chain from config: Adan (paper; the official form, plip_jax/adan.py) or AdamW,
+warm-up then step or cosine decay, clipping, frozen parameters (no update, no optimizer state),
+per-group learning-rate multipliers and gradient accumulation. Groups are regexes over
+'/'-joined parameter names."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -10,6 +11,7 @@ import math
 import jax
 import optax
 
+from plip_jax import adan as adan_lib
 from plip_jax.utils import map_with_names, matches_any
 
 FROZEN = "frozen"
@@ -49,9 +51,10 @@ def param_labels(params: Any, cfg) -> Any:
 
 
 def _base_optimizer(cfg, lr: optax.Schedule, decay_mask: Any) -> optax.GradientTransformation:
-    if cfg.name == "adan":
-        return optax.adan(lr, b1=cfg.b1, b2=cfg.b2, b3=cfg.b3, eps=cfg.eps,
-                          weight_decay=cfg.weight_decay, mask=decay_mask)
+    if cfg.name == "adan":   # the official (sail-sg) Adan, not optax.adan: see plip_jax/adan.py
+        return adan_lib.adan(lr, b1=cfg.b1, b2=cfg.b2, b3=cfg.b3, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=decay_mask,
+                             no_prox=bool(getattr(cfg, "no_prox", False)))
     if cfg.name == "adamw":
         return optax.adamw(lr, b1=0.9, b2=0.999, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
     if cfg.name == "sgd":
