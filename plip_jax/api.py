@@ -311,7 +311,7 @@ def _text_config_from_train(model_cfg: Mapping) -> dict:
 
     text = model_cfg.get("text") or {}
     init = text.get("init", "bert-base") if isinstance(text, Mapping) else "bert-base"
-    return text_tower.resolve(str(init))[0].to_dict()
+    return text_tower.architecture(str(init)).to_dict()  # the weights are in the checkpoint
 
 
 def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:

@@ -564,6 +564,12 @@ def validate(config) -> None:
                           "mAP_official (the official PLIP / Market devkit trapezoid AP); drop the key")
     if config.init_checkpoint and not Path(config.init_checkpoint).exists():
         raise ConfigError(f"config.init_checkpoint={config.init_checkpoint}: no such file or directory")
+    if not config.init_checkpoint:  # from scratch: pretrained text weights, or a named random tower
+        trains_text = config.mode == "finetune_text_reid"  # image-only tasks keep the tower untrained
+        try:
+            text_tower.validate(config.model, tuple(config.optim.frozen) if trains_text else None)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if config.mode == "finetune_image_reid" and int(config.data.batch_size) % int(config.data.k_images):
         raise ConfigError(f"config.data.batch_size={config.data.batch_size} must be a multiple of "
                           f"config.data.k_images={config.data.k_images} (P x K sampler)")

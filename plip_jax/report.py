@@ -149,7 +149,7 @@ def load_run(workdir: str | os.PathLike) -> Run:
         raise ReportError(f"{workdir}: the checkpoint config is not a training run's (no model/losses)")
     text_dict = cfg["model"].pop("text_config", None)
     config = ml_collections.ConfigDict(cfg)
-    text_cfg = BertConfig.from_dict(text_dict) if text_dict else text_tower.from_config(config.model)[0]
+    text_cfg = BertConfig.from_dict(text_dict) if text_dict else text_tower.architecture_from_config(config.model)
     tasks = active_tasks(dict(config.losses.weights))
     model = build_model(config.model, text_cfg, tasks)
     tok_dir = workdir / "tokenizer"

@@ -58,6 +58,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if h % 32 or w % 32:
         raise ConfigError(f"config.model.image.input_size={tuple(config.model.image.input_size)} must be multiples of 32")
     data_setup.validate(config.data)
+    try:  # pretrained weights found locally, or a random tower named so and not frozen
+        text_tower.validate(config.model, tuple(config.optim.frozen))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _to_dict(config: ml_collections.ConfigDict, text_cfg=None) -> dict:
@@ -105,7 +109,9 @@ def load_text_weights(config, state: state_lib.TrainState, shardings) -> state_l
     text_cfg, folder = text_tower.from_config(config.model)
     if folder is None:
         return state
-    params, _ = text_tower.load_params(folder, text_cfg.num_hidden_layers)
+    params, report = text_tower.load_params(folder, text_cfg.num_hidden_layers)
+    if jax.process_index() == 0:
+        print(text_tower.describe_load(report), flush=True)
     current = state.params["text"]
     mismatched = [f"{a.shape} vs {np.shape(b)}" for a, b in zip(jax.tree.leaves(current), jax.tree.leaves(params))
                   if tuple(a.shape) != tuple(np.shape(b))]

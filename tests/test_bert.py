@@ -57,6 +57,16 @@ def torch_forward(torch_model: object, ids: np.ndarray, mask: np.ndarray) -> tup
     return out.last_hidden_state.numpy(), out.pooler_output.numpy()
 
 
+def randomize_biases_and_norms(torch_model: object) -> None:
+    """HF zero-initialises biases and LN shifts (LN scales at 1); randomise them so they are tested."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in torch_model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+
+
 @pytest.fixture(scope="module")
 def tokens() -> tuple[np.ndarray, np.ndarray]:
     enc = load_tokenizer(max_length=64)(CAPTIONS)
@@ -113,10 +123,7 @@ def test_random_tiny_bert_parity(hf):
         max_position_embeddings=20, type_vocab_size=3, layer_norm_eps=1e-12, hidden_act="gelu",
         attn_implementation="eager")
     torch_model = transformers.BertModel(hf_cfg).eval()
-    with torch.no_grad():  # HF zero-initialises biases and LN shifts; randomise them so they are tested.
-        for name, p in torch_model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    randomize_biases_and_norms(torch_model)
     cfg = BertConfig.from_dict(hf_cfg.to_dict())  # unknown HF keys are ignored
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.type_vocab_size) == (32, 2, 3)
     rng = np.random.default_rng(1)

@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent("""
            "attributes": finetune_attributes}[task]
     c = mod.get_config("mini,steps=2,batch=8")
     c.model.image = dict(layers=(1, 1, 1, 1), width=8, heads=2, output_dim=32, input_size=(64, 32))
-    c.model.text = dict(init="random:2x32x2", frozen_layers=1, mask_padding=True, dropout=0.0)
+    from tiny import tiny_bert_dir
+    c.model.text = dict(init=tiny_bert_dir(), frozen_layers=1, mask_padding=True, dropout=0.0)
     c.data.max_length = 16
     c.data.data_dir = data_dir
     c.data.procedural = dict(num_identities=24, images_per_identity=2, num_val_ids=4, num_test_ids=6,

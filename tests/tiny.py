@@ -1,16 +1,52 @@
 """Tiny PLIP configs for tests: the real code paths at toy sizes (seconds on 2 CPU cores)."""
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import ml_collections
 
 from configs import pretrain
 
+TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=128)
+
+
+def tiny_bert_dir() -> str:
+    """A HF BERT folder (config.json + model.safetensors + vocab.txt) of a 2-layer 32-wide BERT with
+    seeded random weights: the tiny runs' 'pretrained' text tower, so their frozen layers are legal
+    and the weight-loading path runs. Written once per machine, atomically (parallel processes)."""
+    folder = Path(tempfile.gettempdir()) / "plip_jax_tests" / "tiny-bert-2x32x2-v1"
+    if (folder / "model.safetensors").is_file():
+        return str(folder)
+    import jax
+    import jax.numpy as jnp
+
+    from plip_jax.convert.torch_io import save_hf_bert
+    from plip_jax.models.bert import Bert, BertConfig
+
+    cfg = BertConfig(**TINY_BERT)
+    ids = jnp.zeros((1, 4), jnp.int32)
+    params = jax.device_get(jax.jit(Bert(cfg).init)(jax.random.key(0), ids, jnp.ones_like(ids))["params"])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+    save_hf_bert(tmp, params, cfg)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process won the race: its folder is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
 
 def tiny_config(data: str = "synthetic", steps: int = 4, batch: int = 16) -> ml_collections.ConfigDict:
-    """configs/pretrain.py:mini shrunk: ResNet (1,1,1,1) width 8 at 64x32, a 2-layer 32-wide BERT."""
+    """configs/pretrain.py:mini shrunk: ResNet (1,1,1,1) width 8 at 64x32, a 2-layer 32-wide BERT
+    loaded from `tiny_bert_dir()`."""
     c = pretrain.get_config("mini")
     c.model.image = dict(layers=(1, 1, 1, 1), width=8, heads=2, output_dim=32, input_size=(64, 32))
-    c.model.text = dict(init="random:2x32x2", frozen_layers=1, mask_padding=True, dropout=0.0)
+    c.model.text = dict(init=tiny_bert_dir(), frozen_layers=1, mask_padding=True, dropout=0.0)
     c.model.tic.fpn_dim = 8
     c.model.iap = dict(fusion="add", num_layers=1, heads=2, mlp_dim=64)
     c.optim.frozen = (r"^text/embeddings/.*", r"^text/encoder/layer/0/.*")

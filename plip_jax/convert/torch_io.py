@@ -281,6 +281,7 @@ def infer_architecture(img_sd: Mapping[str, np.ndarray], txt_sd: Mapping[str, np
 # HF BERT folders -------------------------------------------------------------------------------
 _HF_PREFIXES = ("bert.", "encoder.")
 _HF_IGNORED = ("cls.", "embeddings.position_ids", "embeddings.token_type_ids", "lm_head.", "classifier.")
+_HF_LEGACY_LEAVES = ((".gamma", ".weight"), (".beta", ".bias"))
 
 
 def _read_hf_weights(d: Path) -> tuple[StateDict, str]:
@@ -300,8 +301,11 @@ def _read_hf_weights(d: Path) -> tuple[StateDict, str]:
 def load_hf_bert(directory: str | os.PathLike) -> tuple[Any, dict, dict]:
     """Load a HF BERT folder (config.json + weights) -> (BertConfig, Flax params, report).
 
-    Task heads (`cls.*`) and the position_ids buffer are skipped; a missing pooler is initialised
-    (normal(initializer_range), zero bias, like HF) and listed in `report['initialized']`.
+    Reads BertModel and BertForPreTraining files (keys with or without `bert.`), with LayerNorm
+    leaves named weight/bias or gamma/beta (the original bert-base-uncased files). Task heads
+    (`cls.*`) and the position_ids buffer are skipped and listed in `report['ignored']`; a missing
+    pooler is initialised (normal(initializer_range), zero bias, like HF) and listed in
+    `report['initialized']`.
     """
     import jax
     import jax.numpy as jnp
@@ -315,10 +319,15 @@ def load_hf_bert(directory: str | os.PathLike) -> tuple[Any, dict, dict]:
     raw, source = _read_hf_weights(d)
     sd: StateDict = {}
     ignored: list[str] = []
+    renamed = 0
     for k, v in raw.items():
         for pre in _HF_PREFIXES:
             if k.startswith(pre) and not k.startswith("encoder.layer."):
                 k = k[len(pre):]
+                break
+        for old, new in _HF_LEGACY_LEAVES:  # the original bert-base-uncased files: LayerNorm.gamma/beta
+            if k.endswith(old):
+                k, renamed = k[: -len(old)] + new, renamed + 1
                 break
         if k.startswith(_HF_IGNORED):
             ignored.append(k)
@@ -338,7 +347,7 @@ def load_hf_bert(directory: str | os.PathLike) -> tuple[Any, dict, dict]:
         initialized += ["pooler.dense.weight", "pooler.dense.bias"]
     variables = torch_to_flax(sd, {"params": template["params"]}, prefix="", kind="text")
     report = {"source": str(d / source), "tensors": len(sd), "ignored": sorted(ignored),
-              "initialized": initialized}
+              "initialized": initialized, "renamed_gamma_beta": renamed}
     return config, variables["params"], report
 
 
