@@ -3,9 +3,14 @@ the procedural SYNTH-PEDES, the per-process training stream, eval splits, and ex
 
 `config.data.name = 'synthetic'` feeds in-memory batches (data/synthetic.py), deterministic per
 step: for tests and benchmarks that must not depend on TFDS.
+
+Where a run evaluates is `eval_plan`'s choice: the training dataset's own `val` / `test` splits
+when it has them (procedural SYNTH-PEDES; `full` built with num_val_ids / num_test_ids), else a
+built text-ReID dataset in the same data_dir (CUHK-PEDES first), else nowhere, said in one line.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -17,6 +22,8 @@ import numpy as np
 from plip_jax.data import synthetic
 
 TFDS_NAMES = ("synth_pedes", "cuhk_pedes", "icfg_pedes", "rstp_reid")
+# Zero-shot evaluation sets, in order of preference, for training data without held-out splits.
+TEXT_REID_FALLBACK = ("cuhk_pedes", "icfg_pedes", "rstp_reid")
 
 
 def data_dir(data_cfg) -> str:
@@ -47,19 +54,99 @@ def _procedural_params(data_cfg) -> dict:
     return dict(data_cfg.get("procedural", {}) or {})
 
 
-def open_source(data_cfg, split: str, decode_images: bool = True):
-    """A random-access tfds data source for (name, config, split); builds procedural data if absent."""
-    import tensorflow_datasets as tfds
-
+def open_builder(data_cfg):
+    """The tfds builder of (name, config); builds procedural data (or from manual_dir) if absent."""
     from tfds_synth_pedes import build as tb
 
     name, cfg_name = data_cfg.name, data_cfg.config
     params = _procedural_params(data_cfg) if cfg_name == "procedural" else {}
-    builder = tb.build(name, cfg_name, data_dir(data_cfg), manual_dir=data_cfg.get("manual_dir"),
-                       **params) if (cfg_name == "procedural" or data_cfg.get("manual_dir")) else \
-        tb.get_builder(name, cfg_name, data_dir(data_cfg))
+    if cfg_name == "procedural" or data_cfg.get("manual_dir"):
+        return tb.build(name, cfg_name, data_dir(data_cfg), manual_dir=data_cfg.get("manual_dir"), **params)
+    return tb.get_builder(name, cfg_name, data_dir(data_cfg))
+
+
+def open_source(data_cfg, split: str, decode_images: bool = True):
+    """A random-access tfds data source for (name, config, split); builds procedural data if absent."""
+    import tensorflow_datasets as tfds
+
+    from tfds_synth_pedes.ingest import DatasetError
+
+    builder = open_builder(data_cfg)
+    have = list(builder.info.splits) if builder.is_prepared() else None
+    if have is not None and split.split("[")[0] not in have:
+        hint = ("; synth_pedes/full trains on every identity: build held-out identities with --param "
+                "num_val_ids=N --param num_test_ids=M and use the config name it prints, or evaluate on "
+                "cuhk_pedes" if data_cfg.name == "synth_pedes" else "")
+        raise DatasetError(f"{data_cfg.name}/{builder.builder_config.name if builder.builder_config else 'default'} "
+                           f"has no split {split!r} (it has {have}){hint}")
     decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
     return builder.as_data_source(split=split, decoders=decoders)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """Where a run evaluates: `data` (a config.data-like dict; None = nowhere), the split for
+    selection (`val`) and for the report (`test`), each None when absent, and a line saying so."""
+
+    data: Any
+    val: str | None
+    test: str | None
+    message: str
+    own: bool = True  # the training dataset itself (metric keys keep their plain split names)
+
+    @property
+    def periodic(self) -> str | None:
+        """The split periodic evaluation runs on: val, or test when there is no val."""
+        return self.val or self.test
+
+    @property
+    def name(self) -> str | None:
+        return f"{self.data.name}/{self.data.config}" if self.data is not None else None
+
+    def key(self, split: str) -> str:
+        """Metric-name prefix of `split`: 'val' on the training data, 'cuhk_pedes/test' elsewhere."""
+        return split if self.own else f"{self.data.name}/{split}"
+
+
+def _prepared_splits(builder) -> set[str]:
+    return set(builder.info.splits) if builder.is_prepared() else set()
+
+
+def eval_plan(config) -> EvalPlan:
+    """Choose the evaluation data: the training set's config.data.eval_split / test_split if it has
+    them; else the first built dataset of TEXT_REID_FALLBACK in the data_dir; else none."""
+    import ml_collections
+
+    from tfds_synth_pedes import build as tb
+
+    d = config.data
+    if d.name == "synthetic":
+        return EvalPlan(d, d.eval_split, d.test_split, "")
+    splits = _prepared_splits(open_builder(d))
+    val, test = (s if s in splits else None for s in (d.eval_split, d.test_split))
+    if val and test:
+        return EvalPlan(d, val, test, "")
+    if val or test:
+        missing = d.test_split if val else d.eval_split
+        return EvalPlan(d, val, test, f"evaluation: {d.name}/{d.config} {val or test} only (it has no {missing!r} split)")
+    why = (f"{d.name}/{d.config} has no {d.eval_split!r} / {d.test_split!r} split"
+           + (" (every identity trains, as in the paper)" if d.name == "synth_pedes" else ""))
+    root = data_dir(d)
+    for name in TEXT_REID_FALLBACK:
+        if name == d.name:
+            continue
+        splits = _prepared_splits(tb.get_builder(name, None, root))
+        val, test = (s if s in splits else None for s in (d.eval_split, d.test_split))
+        if val or test:
+            other = ml_collections.ConfigDict(dict(name=name, config="default", data_dir=root,
+                                                   manual_dir=None, procedural={}))
+            return EvalPlan(other, val, test, f"evaluation: {why}; zero-shot on {name} (built in {root}): "
+                                              f"{' + '.join(s for s in (val, test) if s)}", own=False)
+    hold_out = (f", or hold out identities: python -m tfds_synth_pedes.build synth_pedes --config {d.config} "
+                "--param num_val_ids=N --param num_test_ids=M (then --config.data.config=<the name it prints>)"
+                if d.name == "synth_pedes" else "")
+    return EvalPlan(None, None, None, f"no evaluation: {why}, and none of {', '.join(TEXT_REID_FALLBACK)} is "
+                                      f"built in {root}. To evaluate, build one there{hold_out}")
 
 
 class TrainStream:
@@ -152,10 +239,11 @@ def open_train(config, tokenizer) -> TrainStream:
     return TrainStream(td.steps_per_epoch, td.iterator, local)
 
 
-def open_eval(config, tokenizer, split: str) -> dict:
-    """A loaded eval split (gallery images at the model's input size, tokenized captions)."""
+def open_eval(config, tokenizer, split: str, data_cfg=None) -> dict:
+    """A loaded eval split (gallery images at the model's input size, tokenized captions) of
+    `data_cfg` (an `EvalPlan.data`; default config.data)."""
     d = config.data
-    if d.name == "synthetic":
+    if d.name == "synthetic" and (data_cfg is None or data_cfg.name == "synthetic"):
         n = 32
         b = synthetic.synthetic_batch(n, tuple(config.model.image.input_size), d.max_length, d.max_masked,
                                       vocab_size=tokenizer.vocab_size, num_ids=8, seed=99)
@@ -165,7 +253,7 @@ def open_eval(config, tokenizer, split: str) -> dict:
                 "file_paths": [f"synthetic/{i}" for i in range(n)]}
     from plip_jax.data.pipeline import load_eval_split
 
-    source = open_source(d, split, decode_images=False)
+    source = open_source(d if data_cfg is None else data_cfg, split, decode_images=False)
     max_items = int(config.train.get("eval_max_items", 0) or 0) or None
     return load_eval_split(source, tokenizer, tuple(config.model.image.input_size), max_items=max_items,
                            max_length=d.max_length)

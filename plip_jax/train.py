@@ -132,7 +132,7 @@ def print_table(title: str, rows: dict[str, dict[str, float]]) -> str:
     cols = ["R1", "R5", "R10", "mAP", "mAP_official", "mINP"]
     lines = [title, f"{'split':<10}" + "".join(f"{c:>{max(9, len(c) + 1)}}" for c in cols)]
     for name, m in rows.items():
-        lines.append(f"{name:<10}" + "".join(f"{m.get(c, float('nan')):>9.2f}" for c in cols))
+        lines.append(f"{name:<10}" + "".join(f"{m.get(c, float('nan')):>{max(9, len(c) + 1)}.2f}" for c in cols))
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -154,6 +154,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # Data (builds the procedural dataset on first use).
     tokenizer = load_tokenizer(config.data.tokenizer_dir, max_length=config.data.max_length)
     data = data_setup.open_train(config, tokenizer)
+    plan = data_setup.eval_plan(config)  # own val/test, else a built text-ReID set, else none (said here)
+    if is_main and plan.message:
+        print(plan.message, flush=True)
     steps_per_epoch = max(data.steps_per_epoch, 1)
     total_steps = int(config.train.steps) or int(math.ceil(config.train.epochs * steps_per_epoch))
 
@@ -193,10 +196,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     step_fn = jit_train_step(make_train_step(model, tx, config.losses, schedule), shardings, batch_sharding, mesh)
     embedder = Embedder(model, config.train.eval_batch_size, sharding=batch_sharding)
-    final_val = bool(config.train.get("final_val", True))
-    # The validation split is read only when something evaluates on it.
-    eval_split = (data_setup.open_eval(config, tokenizer, config.data.eval_split)
-                  if final_val or config.train.eval_every else None)
+    final_val = bool(config.train.get("final_val", True)) and plan.val is not None
+    periodic = plan.periodic if config.train.eval_every else None
+    # The validation split (the test split when there is none) is read only when something uses it.
+    eval_name = periodic or (plan.val if final_val else None)
+    eval_split = data_setup.open_eval(config, tokenizer, eval_name, plan.data) if eval_name else None
     writer = MetricWriter(workdir, is_main)
     base_rng = jax.random.key(config.seed + 1)
 
@@ -260,13 +264,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                          | {"samples/s": f"{sps:.1f}"})
             if pbar is not None:
                 pbar.update(1)
-            if config.train.eval_every and step % config.train.eval_every == 0 and step < total_steps:
-                m = evaluate(eval_split, config.data.eval_split)
-                writer.write(step, {f"{config.data.eval_split}/{k}": v for k, v in m.items()
+            if periodic and step % config.train.eval_every == 0 and step < total_steps:
+                m = evaluate(eval_split, periodic)
+                writer.write(step, {f"{plan.key(periodic)}/{k}": v for k, v in m.items()
                                     if isinstance(v, float)})
                 if is_main:
-                    msg = f"step {step}: zero-shot text->image on {config.data.eval_split}: " \
-                          f"R1 {m['R1']:.2f} R5 {m['R5']:.2f} R10 {m['R10']:.2f} mAP {m['mAP']:.2f}"
+                    msg = f"step {step}: zero-shot text->image on {plan.key(periodic)}: " \
+                          f"R1 {m['R1']:.2f} R5 {m['R5']:.2f} R10 {m['R10']:.2f} mAP {m['mAP']:.2f} " \
+                          f"mAP_official {m['mAP_official']:.2f}"
                     (pbar.write(msg) if pbar is not None else print(msg, flush=True))
             if config.train.ckpt_every and step % config.train.ckpt_every == 0:
                 flush_pending()
@@ -297,21 +302,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     rows = {}
     val = None
     if final_val:
-        val = evaluate(eval_split, config.data.eval_split)
-        rows[config.data.eval_split] = val
-    test_split = data_setup.open_eval(config, tokenizer, config.data.test_split)
-    test = evaluate(test_split, config.data.test_split)
-    rows[config.data.test_split] = test
-    results.update(test)
-    results["split"] = config.data.test_split
-    results["dataset"] = f"{config.data.name}/{config.data.config}"
+        val = evaluate(eval_split, plan.val)
+        rows[plan.val] = val
+    if plan.test:
+        test_split = eval_split if eval_name == plan.test else data_setup.open_eval(config, tokenizer, plan.test, plan.data)
+        test = evaluate(test_split, plan.test)
+        rows[plan.test] = test
+        results.update(test)
+        results["split"] = plan.test
+        writer.write(step, {f"{plan.key(plan.test)}/{k}": v for k, v in test.items() if isinstance(v, float)})
+    results["dataset"] = plan.name or f"{config.data.name}/{config.data.config}"
+    if not plan.own:
+        results["train_dataset"] = f"{config.data.name}/{config.data.config}"
+    if not rows:
+        results["not_evaluated"] = plan.message
     if val is not None:
         results["val"] = val
-    writer.write(step, {f"{config.data.test_split}/{k}": v for k, v in test.items() if isinstance(v, float)})
     writer.close()
     ckpt.close()
     if is_main:
         (workdir / "eval.json").write_text(json.dumps(results, indent=2))
-        print_table(f"Zero-shot text->image retrieval ({results['dataset']}, step {step})", rows)
+        if rows:
+            print_table(f"Zero-shot text->image retrieval ({results['dataset']}, step {step})", rows)
+        else:
+            print(f"step {step}: not evaluated (no evaluation set; eval.json says why)", flush=True)
         tokenizer.save(workdir / "tokenizer")
     return results

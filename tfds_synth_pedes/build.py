@@ -3,6 +3,10 @@
     python -m tfds_synth_pedes.build NAME --config CFG --data_dir D [--manual_dir M] [--skip_bad]
                                      [--param num_identities=60 ...]
 
+`synth_pedes --config full` puts every identity in `train` (the paper's setting); held-out
+identities only when asked: `--param num_val_ids=N --param num_test_ids=M` builds the config
+`full_vN_tM` with `val` / `test` splits (name it so in a run: --config.data.config=full_vN_tM).
+
 Python: `build(...)` returns the prepared builder (a no-op when already built) and
 `data_source(...)` the random-access `tfds` data source of one split.
 """
@@ -117,18 +121,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip_bad", action="store_true", help="build without bad entries, listing each one")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="procedural: num_identities, images_per_identity, image_size=HxW, seed, num_cameras; "
-                        "both synth_pedes configs: num_val_ids, num_test_ids")
+                        "both synth_pedes configs: num_val_ids, num_test_ids (held-out identities; "
+                        "full: 0 + 0 by default, procedural: 200 + 200)")
+    from plip_jax.cli import add_debug_flag
+
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     start = time.time()
     try:
         builder = build(args.name, args.config, args.data_dir, args.manual_dir, args.skip_bad, **_parse_params(args.param))
     except DatasetError as e:
+        from plip_jax.cli import reraise_if_debug
+
+        reraise_if_debug()
         print(f"error: {e.message}", file=sys.stderr)
         return 2
     info = builder.info
     print(f"{info.full_name} in {builder.data_dir} ({time.time() - start:.1f} s)")
     for split, split_info in info.splits.items():
         print(f"  {split:6s} {split_info.num_examples:8d} examples")
+    cfg = builder.builder_config
+    if args.name == "synth_pedes" and not cfg.procedural and cfg.name != "full":
+        print(f"  train on it with --config.data.config={cfg.name}")
     skipped = getattr(builder, "skipped", [])
     if skipped:
         print(f"  skipped {len(skipped)} bad entries (listed above)")
@@ -136,4 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from plip_jax.cli import run_cli
+
+    sys.exit(run_cli(main))  # DatasetError is a ValueError: one line, exit 2

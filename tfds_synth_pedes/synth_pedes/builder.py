@@ -1,8 +1,12 @@
 """TFDS builder `synth_pedes`: config `full` (the released SYNTH-PEDES) and `procedural` (rendered).
 
 `procedural` renders the released layout into the download dir, then runs exactly the `full`
-ingest on it (DESIGN 6). Splits: `train`, and held-out identities `val` / `test` chosen by a
-stable hash of the id (sizes configurable), for zero-shot monitoring and model selection.
+ingest on it (DESIGN 6). `full` puts every identity in `train`, as the paper pre-trains on all of
+SYNTH-PEDES; `procedural` holds out 200 + 200 identities by default. Either takes the builder
+params num_val_ids / num_test_ids: that many identities, chosen by a stable hash of the id, go to
+`val` / `test` (disjoint from train and from each other) for zero-shot monitoring and selection.
+A non-default config is named after its params (`full_v10_t5`), and that name can be passed back
+as the config (`--config.data.config=full_v10_t5`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ No download needed for the rendered stand-in: --config procedural.
 
 @dataclasses.dataclass(eq=False)
 class SynthPedesConfig(tfds.core.BuilderConfig):
-    """`procedural` renders; held-out val/test identity counts apply to both configs."""
+    """`procedural` renders; held-out val/test identity counts apply to both configs (see
+    `_BASE_DEFAULTS` for each base's defaults)."""
 
     procedural: bool = False
     num_identities: int = 2000
@@ -44,8 +49,8 @@ class SynthPedesConfig(tfds.core.BuilderConfig):
     image_width: int = 64
     seed: int = 0
     num_cameras: int = 6
-    num_val_ids: int = 200
-    num_test_ids: int = 200
+    num_val_ids: int = 0
+    num_test_ids: int = 0
 
 
 # Parameter -> short tag used in the name of a non-default config.
@@ -55,12 +60,42 @@ _TAGS = {
 }
 _PROCEDURAL_ONLY = ("num_identities", "images_per_identity", "image_height", "image_width", "seed", "num_cameras")
 _DEFAULTS = SynthPedesConfig(name="defaults")
+# Held-out identities by default: none for `full` (the paper trains on every identity), 200 + 200
+# for `procedural` (the stand-in monitors zero-shot retrieval on its own identities).
+_BASE_DEFAULTS = {"full": dict(num_val_ids=0, num_test_ids=0),
+                  "procedural": dict(num_val_ids=200, num_test_ids=200)}
+# `full` 1.1.0: every identity in train unless asked (1.0.0 held out 200 + 200 by default).
+_FULL_VERSION = "1.1.0"
+_FULL_NOTES = {"1.1.0": "Every identity in train by default; val/test only via num_val_ids/num_test_ids.",
+               "1.0.0": "First release: 200 val + 200 test identities held out."}
+
+
+def parse_config_name(name: str) -> tuple[str, dict[str, int]]:
+    """'full_v10_t5' -> ('full', {'num_val_ids': 10, 'num_test_ids': 5}): the inverse of the names
+    `make_config` gives, so a built non-default config can be named in a run's config."""
+    base, *tags = name.split("_")
+    by_tag = {t: k for k, t in _TAGS.items()}
+    params: dict[str, int] = {}
+    for tag in tags:
+        key, value = by_tag.get(tag[:1]), tag[1:]
+        if base not in _BASE_DEFAULTS or key is None or not value.isdigit():
+            raise ingest.DatasetError(
+                f"synth_pedes has configs 'full' and 'procedural' (optionally with param tags, e.g. "
+                f"'full_v10_t5'), not {name!r}")
+        params[key] = int(value)
+    return base, params
 
 
 def make_config(base: str, **params: Any) -> SynthPedesConfig:
-    """The config `base` ('full'|'procedural') with `params`; a non-default one gets a unique name."""
-    if base not in ("full", "procedural"):
+    """The config `base` ('full'|'procedural', or a name `make_config` gave) with `params`; a
+    non-default one gets a unique name."""
+    base, named = parse_config_name(base)
+    if base not in _BASE_DEFAULTS:
         raise ingest.DatasetError(f"synth_pedes has configs 'full' and 'procedural', not {base!r}")
+    clash = {k for k in named if k in params and params[k] != named[k]}
+    if clash:
+        raise ingest.DatasetError(f"parameter(s) {sorted(clash)} contradict the config name's tags")
+    params = {**named, **params}
     if "image_size" in params:
         size = params.pop("image_size")
         if not (isinstance(size, Sequence) and len(size) == 2):
@@ -74,13 +109,18 @@ def make_config(base: str, **params: Any) -> SynthPedesConfig:
         minimum = 0 if key in ("seed", "num_val_ids", "num_test_ids") else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ingest.DatasetError(f"parameter {key} must be an integer >= {minimum}, got {value!r}")
-    changed = {k: v for k, v in params.items() if v != getattr(_DEFAULTS, k)}
+    defaults = {k: getattr(_DEFAULTS, k) for k in _TAGS} | _BASE_DEFAULTS[base]
+    params = {**_BASE_DEFAULTS[base], **params}
+    changed = {k: v for k, v in params.items() if v != defaults[k]}
     name = base + "".join(f"_{_TAGS[k]}{changed[k]}" for k in _TAGS if k in changed)
-    return SynthPedesConfig(name=name, procedural=base == "procedural", description=f"{base} {changed or 'defaults'}", **params)
+    version = dict(version=_FULL_VERSION, release_notes=_FULL_NOTES) if base == "full" else {}
+    return SynthPedesConfig(name=name, procedural=base == "procedural", description=f"{base} {changed or 'defaults'}",
+                            **version, **params)
 
 
 def heldout_ids(ids: Sequence[int], num_val: int, num_test: int) -> tuple[set[int], set[int]]:
-    """(val ids, test ids): the identities with the smallest stable hash; the rest train."""
+    """(val ids, test ids): the identities with the smallest stable hash; the rest train (all of
+    them when both counts are 0)."""
     unique = sorted(set(ids), key=lambda i: hashlib.sha256(f"synth_pedes/{i}".encode()).digest())
     if len(unique) <= num_val + num_test:
         raise ingest.DatasetError(
@@ -94,8 +134,10 @@ class SynthPedes(ManualCaptionBuilder):
     """SYNTH-PEDES (released layout) and its procedural stand-in."""
 
     BUILDER_CONFIGS = [
-        SynthPedesConfig(name="procedural", procedural=True, description="Rendered pedestrians, SPAC-style captions."),
-        SynthPedesConfig(name="full", description="The released SYNTH-PEDES (manual download)."),
+        SynthPedesConfig(name="procedural", procedural=True, description="Rendered pedestrians, SPAC-style captions.",
+                         **_BASE_DEFAULTS["procedural"]),
+        SynthPedesConfig(name="full", description="The released SYNTH-PEDES (manual download); every identity trains.",
+                         version=_FULL_VERSION, release_notes=_FULL_NOTES, **_BASE_DEFAULTS["full"]),
     ]
     DEFAULT_CONFIG_NAME = "procedural"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
