@@ -5,7 +5,8 @@
 Arguments (`:k=v,...`): dataset (cuhk_pedes | icfg_pedes | rstp_reid | synth_pedes), mini
 (procedural data, the mini model, < 10 CPU minutes), few_shot (fraction of training identities),
 eval_dataset (cross-domain: train on `dataset`, evaluate on this builder's test split), steps, batch.
-No --config.init_checkpoint = the from-scratch baseline (random image encoder).
+No --config.init_checkpoint = the from-scratch baseline (random image encoder; the text tower from
+config.model.text.init: bert-base-uncased from the local HF cache or a folder, see README).
 """
 from __future__ import annotations
 
