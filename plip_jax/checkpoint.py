@@ -2,12 +2,21 @@
 
 The only module that imports Orbax, so a move to Orbax's v1 API touches one file. Layout:
 `WORKDIR/checkpoints/<step>/{state, config, data}`; `data` holds one JSON per process (grain's
-handler), so multi-host runs resume each host's input shard exactly.
+handler), so multi-host runs resume each host's input shard exactly. Faults are `CheckpointError`s
+with one-line messages: a step that cannot be read is moved to `checkpoints/corrupt/<step>-<time>`
+and the next older one is tried (`restore_latest`); a failed save names the directory, the step,
+the OS error and the free space; a first save that cannot fit `max_to_keep` copies is warned about.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +26,108 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, CONFIG, DATA = "state", "config", "data"
+CORRUPT = "corrupt"  # not a step name: Orbax's step listing and find_checkpoint skip it
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or written; the message is one line for the user."""
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def fault_cause(e: BaseException, limit: int = 300) -> str:
+    """The innermost useful message of an exception chain, on one line (Orbax wraps TensorStore's
+    errors in messages that only point at 'full TensorStore details')."""
+    for c in reversed(_chain(e)):
+        line = next((ln.strip() for ln in str(c).splitlines() if ln.strip()), "")
+        if line:
+            return line if len(line) <= limit else line[:limit - 3] + "..."
+    return type(e).__name__
+
+
+def os_error_text(e: BaseException) -> str:
+    """'[Errno 28] No space left on device' from an OSError or TensorStore's os_error_code."""
+    for c in _chain(e):
+        if isinstance(c, OSError) and c.errno:
+            return f"[Errno {c.errno}] {c.strerror or os.strerror(c.errno)}"
+    for c in _chain(e):
+        m = re.search(r"os_error_code='?(\d+)", str(c))
+        if m:
+            return f"[Errno {m.group(1)}] {os.strerror(int(m.group(1)))}"
+    return fault_cause(e)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _disk_usage(path: Any):
+    """shutil.disk_usage of the nearest existing ancestor (None for remote paths)."""
+    if "://" in str(path):
+        return None
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p)
+    except OSError:
+        return None
+
+
+def free_space_text(path: Any) -> str:
+    u = _disk_usage(path)
+    return "free space unknown" if u is None else f"{_human(u.free)} free of {_human(u.total)}"
+
+
+def _warn(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops Orbax's ERROR records (each with a traceback, one per writer thread): the fault reaches
+    the caller as one CheckpointError instead. PLIP_DEBUG=1 keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""):
+            return os.environ.get("PLIP_DEBUG", "") not in ("", "0")
+        return True
+
+
+_QUIET = _QuietOrbax()
+
+
+def _is_closed_loop_noise(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _install_noise_hooks() -> None:
+    """After a failed read or write, Orbax's leftover callbacks find their asyncio loop closed and
+    Python prints each as an 'Exception ignored' / thread traceback; drop exactly those."""
+    if getattr(sys.unraisablehook, "_plip_quiet", False):
+        return
+    prev_unraisable, prev_thread = sys.unraisablehook, threading.excepthook
+
+    def unraisable(u):
+        if not _is_closed_loop_noise(u.exc_value):
+            prev_unraisable(u)
+
+    def thread(args):
+        if not _is_closed_loop_noise(args.exc_value):
+            prev_thread(args)
+
+    unraisable._plip_quiet = True
+    sys.unraisablehook, threading.excepthook = unraisable, thread
 
 
 class IteratorState:
@@ -40,13 +151,26 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, async_save: bool = True):
         self.directory = Path(directory).absolute() if "://" not in str(directory) else directory
+        self.max_to_keep = max_to_keep
+        self.async_save = async_save
+        self._pending: int | None = None  # an async save not yet known to have finished
+        self._space_checked = False
+        self._closed = False
+        logging.getLogger("absl").addFilter(_QUIET)  # idempotent: one filter object
+        _install_noise_hooks()
+        # Unfinished `<step>.orbax-checkpoint-tmp*` dirs of an interrupted save are removed here.
         opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                            enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=opts, item_names=(STATE, CONFIG, DATA),
-            item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                           CONFIG: ocp.JsonCheckpointHandler(),
-                           DATA: grain.checkpoint.CheckpointHandler()})
+                                            enable_async_checkpointing=async_save,
+                                            cleanup_tmp_directories=True)
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=opts, item_names=(STATE, CONFIG, DATA),
+                item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                               CONFIG: ocp.JsonCheckpointHandler(),
+                               DATA: grain.checkpoint.CheckpointHandler()})
+        except OSError as e:
+            raise CheckpointError(f"cannot use checkpoint directory {self.directory}: {os_error_text(e)}; "
+                                  f"{free_space_text(self.directory)} there") from e
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -54,14 +178,46 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def _steps_on_disk(self) -> list[int]:
+        d = Path(str(self.directory))
+        return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+    def _save_error(self, step: int, e: BaseException) -> CheckpointError:
+        kept = self._steps_on_disk()
+        tail = (f"kept step{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))} intact; free space and "
+                f"rerun to resume from step {kept[-1]}" if kept else "no earlier checkpoint")
+        return CheckpointError(f"cannot save checkpoint step {step} in {self.directory}: {os_error_text(e)}; "
+                               f"{free_space_text(self.directory)} there; {tail}")
+
+    def check_space(self, state: Any) -> None:
+        """Warn (one line, process 0) when the filesystem cannot hold `max_to_keep` copies of `state`."""
+        self._space_checked = True
+        nbytes = sum(int(getattr(x, "nbytes", 0) or 0) for x in jax.tree.leaves(state))
+        copies = max(int(self.max_to_keep or 1), 1)
+        u = _disk_usage(self.directory)
+        if u is not None and nbytes and u.free < copies * nbytes:
+            _warn(f"{self.directory} has {_human(u.free)} free but {copies} checkpoints (keep_checkpoints) "
+                  f"of this {_human(nbytes)} state need {_human(copies * nbytes)}; saves may fail")
+
     def save(self, step: int, state: Any, config: dict, data_state: Any = None, force: bool = True) -> bool:
-        """Save now (async for the arrays). `data_state` is the iterator's JSON-able state."""
+        """Save now (async for the arrays). `data_state` is the iterator's JSON-able state.
+
+        Raises CheckpointError naming the failed step: this one, or the previous async save."""
+        if not self._space_checked:
+            self.check_space(state)
+        self.wait()  # a failed previous async save is reported with its own step
         args = ocp.args.Composite(**{
             STATE: ocp.args.StandardSave(state),
             CONFIG: ocp.args.JsonSave(config),
             DATA: grain.checkpoint.CheckpointSave(IteratorState(data_state)),
         })
-        return self.manager.save(int(step), args=args, force=force)
+        try:
+            saved = self.manager.save(int(step), args=args, force=force)
+        except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise ValueError, OSError, ...
+            raise self._save_error(int(step), e) from e
+        if self.async_save and saved:
+            self._pending = int(step)
+        return saved
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, Any]:
         """Restore into `abstract_state` (ShapeDtypeStructs carrying target shardings).
@@ -83,12 +239,71 @@ class Checkpointer:
         r = self.manager.restore(step, args=ocp.args.Composite(**items))
         return r[STATE], r[CONFIG], (holder.state if has_data else None)
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, Any, int] | None:
+        """(state, config, data state, step) of the newest readable checkpoint, None if there is none.
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        Each unreadable newer step is reported in one line and, once an older one has restored, moved
+        to `corrupt/<step>-<time>` (not deleted) so a later save of that step does not trip over it.
+        Raises CheckpointError, moving nothing, when no checkpoint can be read."""
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            return None
+        failed: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                state, config, data_state = self.restore(abstract_state, step)
+            except Exception as e:  # noqa: BLE001 - truncated files, missing items, wrong shapes, ...
+                failed.append((step, fault_cause(e, 200)))
+                continue
+            if failed:
+                self._move_aside(failed, step)
+            return state, config, data_state, step
+        raise CheckpointError(f"no readable checkpoint in {self.directory} (nothing moved or deleted): "
+                              + "; ".join(f"step {s}: {c}" for s, c in failed))
+
+    def _move_aside(self, failed: list[tuple[int, str]], restored: int) -> None:
+        base = Path(str(self.directory))
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step, cause in failed:
+                dest = base / CORRUPT / f"{step}-{stamp}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(base / str(step), dest)
+                _warn(f"checkpoint step {step} cannot be read ({cause}); moved to {dest}, "
+                      f"resuming from step {restored}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("plip_checkpoint_moved_aside")
+        self.manager.reload()
+
+    def wait(self) -> None:
+        """Wait for an async save; a failure raises CheckpointError naming its step."""
+        pending, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(pending if pending is not None else -1, e) from e
+
+    def close(self, quiet: bool = False) -> None:
+        """Wait for outstanding saves and close; `quiet` swallows errors (used on a failing run's way
+        out, after the first error has already been raised)."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+        except CheckpointError:
+            if not quiet:
+                self._close_manager()
+                raise
+        self._close_manager()
+
+    def _close_manager(self) -> None:
+        self._closed = True
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 - the save error was reported by wait()
+            pass
 
 
 def find_checkpoint(path: str | os.PathLike) -> tuple[Path, int]:
@@ -122,7 +337,7 @@ def restore_for_inference(path: str | os.PathLike) -> tuple[dict, dict]:
         try:
             full = checkpointer.restore(step_dir / STATE)
         except Exception as e:  # noqa: BLE001 - report one clear line
-            raise FileNotFoundError(f"checkpoint {step_dir} cannot be read: {e}") from None
+            raise CheckpointError(f"checkpoint {step_dir} cannot be read: {fault_cause(e)}") from None
         if not isinstance(full, dict) or "params" not in full:
             raise FileNotFoundError(f"checkpoint {step_dir} is not a PLIP train state")
         return {k: jax.tree.map(np.asarray, full[k]) for k in ("params", "batch_stats") if k in full}, config
@@ -131,8 +346,11 @@ def restore_for_inference(path: str | os.PathLike) -> tuple[dict, dict]:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     wanted = {k: tree[k] for k in ("params", "batch_stats") if k in tree}
     restore_args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=sharding, restore_type=np.ndarray), wanted)
-    restored = checkpointer.restore(step_dir / STATE, args=ocp.args.PyTreeRestore(
-        item=wanted, restore_args=restore_args, partial_restore=True))
+    try:
+        restored = checkpointer.restore(step_dir / STATE, args=ocp.args.PyTreeRestore(
+            item=wanted, restore_args=restore_args, partial_restore=True))
+    except Exception as e:  # noqa: BLE001 - a truncated or partial step: one clear line
+        raise CheckpointError(f"checkpoint {step_dir} cannot be read: {fault_cause(e)}") from None
     variables = jax.tree.map(np.asarray, dict(restored))
     return variables, config
 

@@ -65,3 +65,11 @@ def _accepts_batch_size(fn) -> bool:
         return "batch_size" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+if __name__ == "__main__":  # the evaluation runs through plip_jax.main; say so instead of exiting 0
+    import sys
+
+    print("error: evaluation runs through plip_jax.main: python -m plip_jax.main --config "
+          "configs/eval_text_reid.py --config.checkpoint=WORKDIR_OR_PTH --workdir DIR", file=sys.stderr)
+    sys.exit(2)

@@ -1,9 +1,12 @@
 """Command line: `python -m plip_jax.main --config configs/pretrain.py[:mini] --workdir DIR
-[--config.key=value ...]`. The config's `mode` picks pre-training, evaluation or fine-tuning."""
+[--config.key=value ...] [--debug]`. The config's `mode` picks pre-training, evaluation or
+fine-tuning. One run per workdir (WORKDIR/run.lock); known faults end in one line (plip_jax.cli)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -17,6 +20,7 @@ flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-proc
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_string("compile_cache", None, "Persistent XLA compilation cache folder; 'off' disables "
                     "it (default: $PLIP_COMPILE_CACHE, else ~/.cache/plip_jax/xla).")
+flags.DEFINE_bool("debug", False, "Show the traceback of known faults too (also PLIP_DEBUG=1).")
 FLAGS = flags.FLAGS
 
 
@@ -25,9 +29,19 @@ def _fail(msg: str) -> None:
     raise SystemExit(2)
 
 
+def _on_sigterm(signum, _frame) -> None:
+    # Until (and after) the training loop installs its own handler: exit through `finally`
+    # blocks, so the workdir lock is released.
+    raise SystemExit(128 + signum)
+
+
 def main(argv) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
+    if FLAGS.debug:
+        os.environ["PLIP_DEBUG"] = "1"
+    import jax
+
     from plip_jax import distributed
 
     distributed.maybe_initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
@@ -41,9 +55,11 @@ def main(argv) -> None:
     workdir = FLAGS.workdir or config.get("workdir", None)
     if not workdir:
         _fail("--workdir is required")
-    from plip_jax.train import ConfigError, NonFiniteLoss
+    from plip_jax.workdir_lock import WorkdirLock
 
-    try:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Multi-host: process 0 holds the lock for the run.
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
         if mode == "pretrain":
             from plip_jax.train import train_and_evaluate
 
@@ -58,14 +74,31 @@ def main(argv) -> None:
             run_finetune(config, workdir)
         else:
             _fail(f"unknown config.mode {mode!r}")
-    except (ConfigError, FileNotFoundError, NonFiniteLoss) as e:
-        _fail(str(e))
 
 
-def run() -> None:
+def _batch_size() -> tuple[str, int] | None:
+    """(config key, value) of the batch size, for the out-of-memory line."""
+    config = _CONFIG.value
+    if config is None:
+        return None
+    if "data" in config and "batch_size" in config.data:
+        return "config.data.batch_size", int(config.data.batch_size)
+    if "batch_size" in config:
+        return "config.batch_size", int(config.batch_size)
+    return None
+
+
+def run(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    from plip_jax.checkpoint import CheckpointError
+    from plip_jax.cli import run_cli
+    from plip_jax.train import NonFiniteLoss
+    from plip_jax.workdir_lock import WorkdirLocked
+
+    # ConfigError and the data errors are ValueErrors; missing files are OSErrors.
+    return run_cli(lambda args: app.run(main, argv=[sys.argv[0], *args]), argv,
+                   known=(NonFiniteLoss, CheckpointError, WorkdirLocked), batch_size=_batch_size)
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(run())

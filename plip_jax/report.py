@@ -509,6 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=6, help="examples per section")
     p.add_argument("--max-items", type=int, default=1000, help="at most this many gallery images")
     p.add_argument("--no-progress", action="store_true")
+    from plip_jax.cli import add_debug_flag
+
+    add_debug_flag(p)
     args = p.parse_args(argv)
     if args.examples < 1 or args.max_items < 1:
         print("error: --examples and --max-items must be >= 1", file=sys.stderr)
@@ -517,6 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = write_report(args.workdir, args.split, args.examples, args.max_items,
                              progress=not args.no_progress and os.environ.get("PLIP_NO_PROGRESS") != "1")
     except (ReportError, FileNotFoundError) as e:
+        from plip_jax.cli import reraise_if_debug
+
+        reraise_if_debug()
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     print(f"wrote {index}")
@@ -524,4 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from plip_jax.checkpoint import CheckpointError
+    from plip_jax.cli import run_cli
+
+    sys.exit(run_cli(main, known=(ReportError, CheckpointError)))

@@ -300,6 +300,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help=f"where to cache embeddings (default DIR/{CACHE_DIRNAME})")
     p.add_argument("--no-cache", action="store_true", help="embed everything, read and write no cache")
     p.add_argument("--no-progress", action="store_true")
+    from plip_jax.cli import add_debug_flag
+
+    add_debug_flag(p)
     return p
 
 
@@ -319,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = from_pretrained(args.checkpoint, recipe=args.recipe)
     except Exception as e:  # any load failure is one line for the user
+        from plip_jax.cli import reraise_if_debug
+
+        reraise_if_debug()
         print(f"error: cannot load --checkpoint {args.checkpoint}: {type(e).__name__}: {e}".splitlines()[0],
               file=sys.stderr)
         return 2
@@ -341,4 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from plip_jax.checkpoint import CheckpointError
+    from plip_jax.cli import run_cli
+
+    sys.exit(run_cli(main, known=(CheckpointError,)))

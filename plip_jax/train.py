@@ -175,8 +175,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     abstract = abstract.replace(opt_state=jax.eval_shape(tx.init, abstract.params))
     shardings = state_lib.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
     start_step = 0
-    if ckpt.latest_step() is not None:
-        state, _, data_state = ckpt.restore(state_lib.with_shardings(abstract, shardings))
+    # The newest readable checkpoint; unreadable newer steps are reported and moved aside.
+    restored = ckpt.restore_latest(state_lib.with_shardings(abstract, shardings))
+    if restored is not None:
+        state, _, data_state, _ = restored
         start_step = int(jax.device_get(state.step))
         data.restore(data_state, start_step)
         if is_main:
@@ -185,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         state, _ = state_lib.create_state(model, tx, example, config.seed, mesh, config.mesh.fsdp_min_size)
         state = load_text_weights(config, state, shardings)
         data.restore(None, 0)
+    ckpt.check_space(state)  # one warning now if keep_checkpoints copies cannot fit
 
     if is_main:
         labels = optim.param_labels(abstract.params, config.optim)
@@ -291,6 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         flush_pending()
         if ckpt.latest_step() != step:
             save(step)
+    except BaseException:
+        ckpt.close(quiet=True)  # let an in-flight save of a good step finish; no shutdown noise
+        raise
     finally:
         if pbar is not None:
             pbar.close()

@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--image-heads", type=int, help="attention-pool heads when there is no FILE.json (default 8)")
     f.add_argument("--text-heads", type=int, help="BERT heads when there is no FILE.json (default hidden/64)")
     f.add_argument("--recipe", choices=("release", "paper_v2"), help="override the stored recipe")
+    from plip_jax.cli import add_debug_flag
+
+    for p in (t, f):
+        add_debug_flag(p)
     return ap
 
 
@@ -82,18 +86,25 @@ def from_torch(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 on a conversion or input error)."""
+    from plip_jax.cli import reraise_if_debug
+
     args = _parser().parse_args(argv)
     try:
         (to_torch if args.command == "to-torch" else from_torch)(args)
     except (CheckpointError, ConversionError, FileNotFoundError, NotADirectoryError, ImportError,
             ValueError, TypeError) as e:
+        reraise_if_debug()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
+        reraise_if_debug()
         print(f"error: {Path(getattr(e, 'filename', '') or '')}: {e.strerror or e}", file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from plip_jax.checkpoint import CheckpointError as OrbaxCheckpointError
+    from plip_jax.cli import run_cli
+
+    sys.exit(run_cli(main, known=(OrbaxCheckpointError, CheckpointError, ConversionError, ImportError)))
