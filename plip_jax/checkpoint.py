@@ -158,10 +158,8 @@ class Checkpointer:
         self._closed = False
         logging.getLogger("absl").addFilter(_QUIET)  # idempotent: one filter object
         _install_noise_hooks()
-        # Unfinished `<step>.orbax-checkpoint-tmp*` dirs of an interrupted save are removed here.
         opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                            enable_async_checkpointing=async_save,
-                                            cleanup_tmp_directories=True)
+                                            enable_async_checkpointing=async_save)
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory, options=opts, item_names=(STATE, CONFIG, DATA),
@@ -247,6 +245,7 @@ class Checkpointer:
         Raises CheckpointError, moving nothing, when no checkpoint can be read."""
         steps = sorted(self.all_steps(), reverse=True)
         if not steps:
+            self._tidy([], None)
             return None
         failed: list[tuple[int, str]] = []
         for step in steps:
@@ -255,15 +254,25 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - truncated files, missing items, wrong shapes, ...
                 failed.append((step, fault_cause(e, 200)))
                 continue
-            if failed:
-                self._move_aside(failed, step)
+            self._tidy(failed, step)
             return state, config, data_state, step
         raise CheckpointError(f"no readable checkpoint in {self.directory} (nothing moved or deleted): "
                               + "; ".join(f"step {s}: {c}" for s, c in failed))
 
-    def _move_aside(self, failed: list[tuple[int, str]], restored: int) -> None:
+    def _tidy(self, failed: list[tuple[int, str]], restored: int | None) -> None:
+        """Once the run's starting point is settled (by the run that holds the workdir lock): move the
+        unreadable steps aside and remove unfinished saves (`<step>.orbax-checkpoint-tmp*`) so that
+        saving those steps again neither trips over them nor runs out of space because of them."""
         base = Path(str(self.directory))
+        if "://" in str(self.directory):  # remote: report, leave the files where they are
+            for step, cause in failed:
+                _warn(f"checkpoint step {step} cannot be read ({cause}); resuming from step {restored}")
+            return
         if jax.process_index() == 0:
+            for d in base.iterdir() if base.is_dir() else []:
+                if d.is_dir() and re.match(r"^\d+\.orbax-checkpoint-tmp", d.name):
+                    shutil.rmtree(d, ignore_errors=True)
+                    _warn(f"removed the unfinished save {d}")
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for step, cause in failed:
                 dest = base / CORRUPT / f"{step}-{stamp}"
@@ -274,7 +283,7 @@ class Checkpointer:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices("plip_checkpoint_moved_aside")
+            multihost_utils.sync_global_devices("plip_checkpoint_tidy")
         self.manager.reload()
 
     def wait(self) -> None:

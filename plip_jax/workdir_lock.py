@@ -42,6 +42,8 @@ class WorkdirLock:
     """Context manager: `with WorkdirLock(workdir): run(...)`; released on exit, also on exceptions."""
 
     def __init__(self, workdir: str | os.PathLike, notice=None):
+        # A remote workdir (gs://...) has no O_EXCL create: no lock there (the run says nothing).
+        self.remote = "://" in str(workdir)
         self.path = Path(workdir) / LOCK_NAME
         self.held = False
         self._notice = notice or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -79,6 +81,8 @@ class WorkdirLock:
         return isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
 
     def acquire(self) -> "WorkdirLock":
+        if self.remote:
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             if self._create():

@@ -189,9 +189,11 @@ def test_full_tmpfs_save_fails_in_one_line_and_older_checkpoint_restores(tmpfs, 
     ck.close(quiet=True)
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith(f"warning: {d} has ") and "keep_checkpoints" in err[0], err
+    assert any(".orbax-checkpoint-tmp" in f.name for f in d.iterdir())  # the failed save's leftovers
     restored, config, _, step = Checkpointer(d).restore_latest(_abstract(state))
     assert (step, config) == (1, {"step": 1})
     np.testing.assert_array_equal(np.asarray(restored["w0"]), np.asarray(state["w0"]))
+    assert sorted(f.name for f in d.iterdir()) == ["1"]  # removed once the run resumed from step 1
 
 
 def test_injected_write_failure_names_workdir_step_oserror_and_free_space(tmp_path, monkeypatch):
@@ -271,6 +273,13 @@ def test_lock_of_another_host_or_being_written_is_held(tmp_path):
     os.utime(tmp_path / LOCK_NAME, (old, old))
     with WorkdirLock(tmp_path, notice=lambda m: None):
         pass
+
+
+def test_remote_workdir_takes_no_lock(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with WorkdirLock("gs://bucket/run") as lock:
+        assert not lock.held
+    assert not any(tmp_path.iterdir())
 
 
 def test_lock_released_on_exception(tmp_path):
