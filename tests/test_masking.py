@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from plip_jax.data.masking import mask_phrases, mask_ratio
+from plip_jax.data.masking import mask_phrases, mask_phrases_batch, mask_ratio
 from plip_jax.data.tokenizer import load_tokenizer
 
 CAPTION = "A man is wearing a dark blue jacket with grey shorts, carrying a blue backpack."
@@ -113,3 +113,35 @@ def test_bad_input_errors(tok):
         mask_phrases(enc["input_ids"][0], enc["offsets"][0][:5], SPANS, 0.5, np.random.default_rng(0), 103, 8)
     with pytest.raises(ValueError, match="mask ratio"):
         mask_phrases(enc["input_ids"][0], enc["offsets"][0], SPANS, 1.5, np.random.default_rng(0), 103, 8)
+
+
+def test_batch_masking_equals_row_by_row(tok):
+    """mask_phrases_batch == mask_phrases on every row: same rng draws, same greedy skips (budget,
+    truncation, overlapping and empty span lists), ratios per row."""
+    words = CAPTION.rstrip(".").split()
+    rng = np.random.default_rng(0)
+    texts, spans = [], []
+    for i in range(40):
+        text = " ".join(words[: 4 + i % len(words)]) + "."
+        cut = [int(x) for x in sorted(rng.integers(0, len(text), size=2 * (i % 5)))]
+        sp = [[a, b + 1] for a, b in zip(cut[::2], cut[1::2])]
+        if i % 7 == 0 and sp:
+            sp.append([sp[0][0], sp[0][1] + 3])  # overlaps an earlier span
+        texts.append(text)
+        spans.append(sp)
+    spans.append([])  # a row without phrases
+    texts.append("no phrases here")
+    for max_length, max_masked in ((32, 24), (10, 4), (32, 2), (6, 30)):
+        enc = tok.encode_with_offsets(texts, max_length=max_length)
+        ratios = np.linspace(0.0, 1.0, len(texts))
+        got = mask_phrases_batch(enc["input_ids"], enc["offsets"], spans, ratios,
+                                 [np.random.default_rng((3, i)) for i in range(len(texts))], tok.mask_token_id, max_masked)
+        for i in range(len(texts)):
+            ref = mask_phrases(enc["input_ids"][i], enc["offsets"][i], spans[i], ratios[i],
+                               np.random.default_rng((3, i)), tok.mask_token_id, max_masked)
+            for g, r in zip(got, ref):
+                assert g[i].dtype == r.dtype
+                np.testing.assert_array_equal(g[i], r, err_msg=f"row {i}, L={max_length}, M={max_masked}")
+        assert got[3].sum() > 0
+    with pytest.raises(ValueError, match="one span list and one rng per row"):
+        mask_phrases_batch(enc["input_ids"], enc["offsets"], spans[:2], 0.5, [], 103, 8)

@@ -126,6 +126,37 @@ def test_resume_from_saved_state_is_bit_exact(tok, source):
         assert_batches_equal(a, b)
 
 
+def test_batch_rows_are_the_per_element_function(tok):
+    """Batches are built in one call, yet row r of batch j is the element g = 4j + r alone: its own
+    rng((seed, g)) draws augmentation then masks, with the epoch's order and mask ratio."""
+    from plip_jax.data import masking
+
+    src = make_source(encoded=True, size=(64, 32))  # JPEGs larger than IMAGE_SIZE: the draft path
+    c = cfg(pad_crop=True, random_erasing=True, mask_schedule="linear", mask_lower=0.3, mask_upper=1.0)
+    batches = take(pipeline.make_train_dataset(src, tok, c, seed=4, total_epochs=2).iterator(), 11)
+    index = pipeline.CaptionIndex.build(src)
+    order = pipeline._CaptionOrder(len(index), 4)
+    for j, batch in enumerate(batches):
+        for r in range(4):
+            g = 4 * j + r
+            epoch, pos = divmod(g, 36)
+            pair = order(epoch, pos)
+            ex = src[int(index.image[pair])]
+            rng = np.random.default_rng((4, g))
+            image = transforms.load_train_image(ex["image"], IMAGE_SIZE, rng, c.augment_config())
+            text, spans = pipeline._caption_and_spans(ex, int(index.slot[pair]))
+            enc = tok.encode_with_offsets([text], max_length=64)
+            masked, positions, labels, weights = masking.mask_phrases(
+                enc["input_ids"][0], enc["offsets"][0], spans, masking.mask_ratio(epoch, 2, 0.3, 1.0, "linear"),
+                rng, tok.mask_token_id, 8)
+            want = {"image": image, "input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0],
+                    "masked_input_ids": masked, "mlm_positions": positions, "mlm_labels": labels,
+                    "mlm_weights": weights, "id": index.image_ids[index.image[pair]]}
+            for k, v in want.items():
+                np.testing.assert_array_equal(batch[k][r], v, err_msg=f"batch {j} row {r} {k}")
+    assert sum(b["mlm_weights"].sum() for b in batches) > 0
+
+
 def test_mask_ratio_follows_current_epoch(tok, source):
     # linear 0 -> 1 over 2 epochs: epoch 0 has ratio 0 (nothing masked), epoch 1 ratio 0.5.
     c = cfg(mask_schedule="linear", mask_lower=0.0, mask_upper=1.0)
@@ -284,6 +315,59 @@ def test_host_transforms():
     assert (erased == 91).any() and erased.shape == (32, 16, 3)
     with pytest.raises(ValueError, match="uint8"):
         transforms.decode_image(np.zeros((4, 4, 3), np.float32))
+
+
+def _natural_jpeg(h, w, seed=0):
+    """A natural-ish photo as JPEG q90: smooth gradients, sharp-edged blobs, a little blur and noise."""
+    from PIL import ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w] / h
+    img = np.stack([120 + 60 * np.sin(5 * yy + 2 * c) + 40 * np.cos(7 * xx + c) for c in range(3)], -1)
+    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        draw.ellipse([x0, y0, x0 + int(rng.integers(w // 10, w // 3)), y0 + int(rng.integers(h // 10, h // 3))],
+                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    arr = np.asarray(im.filter(ImageFilter.GaussianBlur(1.0))) + rng.normal(0, 4, (h, w, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_draft_decode_is_exact_size_and_close_to_full_decode():
+    """Training decodes JPEGs in draft mode (DCT-domain 1/2..1/8, then bicubic to the exact size): the
+    image has the target size and stays within 2/255 mean abs of full decode + bicubic resize."""
+    no_flip = transforms.AugmentConfig(flip=False)
+    for (h, w), drafted in [((512, 256), (256, 128)), ((640, 320), (320, 160)), ((1024, 512), (256, 128)),
+                            ((2048, 1024), (256, 128)), ((300, 150), (300, 150))]:
+        data = _natural_jpeg(h, w)
+        assert transforms.decode_image(data, size_hint=(256, 128)).size[::-1] == drafted  # the DCT scale used
+        fast = transforms.load_train_image(data, (256, 128), np.random.default_rng(0), no_flip)
+        full = transforms.load_eval_image(data, (256, 128))
+        assert fast.shape == full.shape == (256, 128, 3) and fast.dtype == np.uint8
+        diff = np.abs(fast.astype(np.float64) - full).mean()
+        assert diff < 2.0, ((h, w), diff)
+        assert (diff > 0) == (drafted != (h, w))  # identical where draft mode cannot reduce
+        full_train = transforms.load_train_image(data, (256, 128), np.random.default_rng(0), no_flip, draft=False)
+        np.testing.assert_array_equal(full_train, full)
+
+
+def test_draft_mode_in_training_only(tok):
+    """The training stream decodes in draft mode; eval splits decode in full (as the official code)."""
+    src = make_source(num_ids=2, per_id=2)
+    datas = [_natural_jpeg(128, 64, seed=n) for n in range(len(src))]
+    for ex, data in zip(src, datas):
+        ex["image"] = data
+    draft = [transforms.load_train_image(d, IMAGE_SIZE, None, transforms.AugmentConfig(flip=False)) for d in datas]
+    full = [transforms.load_eval_image(d, IMAGE_SIZE) for d in datas]
+    assert all(np.abs(a.astype(int) - b).mean() > 0 for a, b in zip(draft, full))
+    batch = next(pipeline.make_train_dataset(src, tok, cfg(flip=False), seed=0, total_epochs=1).iterator())
+    for row in batch["image"]:
+        assert any(np.array_equal(row, d) for d in draft) and not any(np.array_equal(row, f) for f in full)
+    ev = pipeline.load_eval_split(src, tok, IMAGE_SIZE)
+    np.testing.assert_array_equal(ev["images"], np.stack(full))
 
 
 # --- the real TFDS path (tfds_synth_pedes procedural builder), skipped where it is not available ----

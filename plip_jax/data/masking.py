@@ -84,3 +84,70 @@ def mask_phrases(input_ids: np.ndarray, offsets: np.ndarray, spans: Sequence[Seq
     weights[:n] = 1.0
     masked[pos] = mask_token_id
     return masked, positions, labels, weights
+
+
+def mask_phrases_batch(input_ids: np.ndarray, offsets: np.ndarray, spans: Sequence[Sequence[Sequence[int]]],
+                       ratios: Sequence[float] | np.ndarray, rngs: Sequence[np.random.Generator],
+                       mask_token_id: int, max_masked: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`mask_phrases` for a batch in a few numpy ops: row b is exactly `mask_phrases(input_ids[b],
+    offsets[b], spans[b], ratios[b], rngs[b], ...)` (same draws from each rng, same greedy order).
+
+    Args: input_ids (B, L), offsets (B, L, 2), spans: B lists of [start, end) spans, ratios (B,),
+    rngs: B Generators. Returns masked_ids (B, L) int32, positions/labels (B, M) int32, weights (B, M)
+    float32.
+    """
+    ids = np.asarray(input_ids)
+    offs = np.asarray(offsets)
+    if ids.ndim != 2 or offs.shape != (*ids.shape, 2):
+        raise ValueError(f"expected input_ids (B, L) and offsets (B, L, 2); got {ids.shape} and {offs.shape}")
+    b, length = ids.shape
+    ratios = np.broadcast_to(np.asarray(ratios, np.float64), (b,))
+    if len(spans) != b or len(rngs) != b:
+        raise ValueError(f"need one span list and one rng per row: {b} rows, {len(spans)} span lists, "
+                         f"{len(rngs)} rngs")
+    if ((ratios < 0.0) | (ratios > 1.0)).any():
+        raise ValueError(f"mask ratios must lie in [0, 1]; got {ratios.min()}..{ratios.max()}")
+    if max_masked < 0:
+        raise ValueError(f"max_masked must be >= 0; got {max_masked}")
+
+    counts = np.fromiter((len(s) for s in spans), np.int64, count=b)
+    s_max = int(counts.max()) if b else 0
+    sp = np.zeros((b, s_max, 2), np.int64)
+    chosen = np.zeros((b, s_max), bool)
+    for r in range(b):  # the per-row draws, in the per-row order of `mask_phrases`
+        n = int(counts[r])
+        if n:
+            sp[r, :n] = np.asarray(spans[r], np.int64).reshape(n, 2)
+        chosen[r, :n] = rngs[r].random(n) < ratios[r]
+
+    masked = ids.astype(np.int32, copy=True)
+    positions = np.zeros((b, max_masked), np.int32)
+    labels = np.zeros((b, max_masked), np.int32)
+    weights = np.zeros((b, max_masked), np.float32)
+    if not chosen.any():
+        return masked, positions, labels, weights
+
+    start, end = offs[..., 0], offs[..., 1]                                  # (B, L)
+    real = end > start
+    text_end = np.where(real, end, -1).max(axis=1)                           # (B,), -1: no text
+    member = (real[:, None] & (start[:, None] < sp[:, :, 1:2])
+              & (end[:, None] > sp[:, :, 0:1]))                              # (B, S, L)
+    usable = chosen & (sp[:, :, 1] <= text_end[:, None]) & member.any(axis=2)  # (B, S)
+    take = np.zeros((b, length), bool)
+    count = np.zeros(b, np.int64)
+    for s in range(s_max):  # greedy in span order, all rows at once
+        new = member[:, s] & ~take
+        n_new = new.sum(axis=1)
+        ok = usable[:, s] & (count + n_new <= max_masked)
+        take |= new & ok[:, None]
+        count += np.where(ok, n_new, 0)
+
+    masked[take] = mask_token_id
+    m = min(max_masked, length)
+    order = np.argsort(~take, axis=1, kind="stable")[:, :m]                 # masked positions first
+    valid = np.arange(m)[None] < count[:, None]
+    positions[:, :m] = np.where(valid, order, 0)
+    labels[:, :m] = np.where(valid, np.take_along_axis(ids, order, axis=1), 0)
+    weights[:, :m] = valid
+    return masked, positions, labels, weights

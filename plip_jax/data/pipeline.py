@@ -300,8 +300,21 @@ class _IdentityOrder:
 # ---------------------------------------------------------------------------------------------
 # Element function
 # ---------------------------------------------------------------------------------------------
-class _MakeExample:
-    """Global index g -> one training example (decode, resize, augment, tokenize, mask)."""
+def _read_examples(source, indices: np.ndarray) -> list:
+    """source[i] for each index, in one batched read where the source has `__getitems__`."""
+    idx = [int(i) for i in indices]
+    if hasattr(source, "__getitems__"):
+        return list(source.__getitems__(idx))
+    return [source[i] for i in idx]
+
+
+class _MakeBatch:
+    """Global indices of one local batch -> the batch (decode, resize, augment, tokenize, mask).
+
+    Row b is a pure function of (seed, g = gs[b]): its own rng `default_rng((seed, g))` draws the
+    augmentation first, then the phrase masks, then the extra images, exactly as one element alone
+    would. Working on the batch lets tokenization and masking run in a few calls instead of per row.
+    """
 
     def __init__(self, source, index: CaptionIndex, order, tokenizer, cfg: DataConfig,
                  epoch_length: int, total_epochs: int, seed: int):
@@ -326,27 +339,32 @@ class _MakeExample:
         return np.stack([transforms.load_train_image(self.source[int(i)]["image"], self.cfg.image_size, rng, self.aug)
                          for i in pick])
 
-    def __call__(self, g: int) -> dict[str, np.ndarray]:
-        g = int(g)
+    def __call__(self, gs: np.ndarray) -> dict[str, np.ndarray]:
         cfg = self.cfg
-        epoch, pos = divmod(g, self.epoch_length)
-        pair = self.order(epoch, pos)
-        example = self.source[int(self.index.image[pair])]
-        rng = np.random.default_rng((self.seed, g))
+        gs = np.asarray(gs, np.int64).reshape(-1)
+        n, (h, w) = len(gs), cfg.image_size
+        epochs, poss = np.divmod(gs, self.epoch_length)
+        pairs = np.fromiter((self.order(int(e), int(p)) for e, p in zip(epochs, poss)), np.int64, count=n)
+        images = self.index.image[pairs]
+        examples = _read_examples(self.source, images)
+        rngs = [np.random.default_rng((self.seed, int(g))) for g in gs]
 
-        image = transforms.load_train_image(example["image"], cfg.image_size, rng, self.aug)
+        image = np.empty((n, h, w, 3), np.uint8)  # each row written once, no batch-level stack
+        for b in range(n):
+            image[b] = transforms.load_train_image(examples[b]["image"], cfg.image_size, rngs[b], self.aug)
 
-        caption, spans = _caption_and_spans(example, int(self.index.slot[pair]))
-        enc = self.tokenizer.encode_with_offsets([caption], max_length=cfg.max_length)
-        ratio = masking.mask_ratio(epoch, self.total_epochs, cfg.mask_lower, cfg.mask_upper, cfg.mask_schedule)
-        masked, positions, labels, weights = masking.mask_phrases(
-            enc["input_ids"][0], enc["offsets"][0], spans, ratio, rng,
+        texts, spans = zip(*(_caption_and_spans(ex, int(s)) for ex, s in zip(examples, self.index.slot[pairs])))
+        enc = self.tokenizer.encode_with_offsets(list(texts), max_length=cfg.max_length)
+        ratio = {e: masking.mask_ratio(e, self.total_epochs, cfg.mask_lower, cfg.mask_upper, cfg.mask_schedule)
+                 for e in set(epochs.tolist())}
+        masked, positions, labels, weights = masking.mask_phrases_batch(
+            enc["input_ids"], enc["offsets"], spans, [ratio[e] for e in epochs.tolist()], rngs,
             self.tokenizer.mask_token_id, cfg.max_masked)
-        out = {"image": image, "input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0],
+        out = {"image": image, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                "masked_input_ids": masked, "mlm_positions": positions, "mlm_labels": labels,
-               "mlm_weights": weights, "id": np.int32(self.index.image_ids[self.index.image[pair]])}
+               "mlm_weights": weights, "id": self.index.image_ids[images].astype(np.int32)}
         if cfg.images_per_caption > 1:
-            out["more_images"] = self._more_images(int(self.index.image[pair]), rng)
+            out["more_images"] = np.stack([self._more_images(int(i), rng) for i, rng in zip(images, rngs)])
         return out
 
 
@@ -434,11 +452,12 @@ def make_train_dataset(source: Sequence[Mapping[str, Any]], tokenizer, cfg: Data
     epoch_length = steps * cfg.batch_size
     order = (_IdentityOrder(index, p, k, epoch_length, seed) if cfg.sampler == "identity"
              else _CaptionOrder(len(index), seed))
-    make = _MakeExample(source, index, order, tokenizer, cfg, epoch_length, total_epochs, seed)
+    make = _MakeBatch(source, index, order, tokenizer, cfg, epoch_length, total_epochs, seed)
 
+    # Batch the global indices, then build each batch in one call (same rows as per-element maps).
     ds = (grain.MapDataset.range(total_epochs * epoch_length)[process_index::process_count]
-          .map(make)
-          .batch(local_bs, drop_remainder=True))
+          .batch(local_bs, drop_remainder=True)
+          .map(make))
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
                                                  prefetch_buffer_size=max(1, cfg.read_threads)))
     if cfg.workers > 0:
@@ -481,7 +500,7 @@ def load_eval_split(source: Sequence[Mapping[str, Any]], tokenizer, image_size: 
     captions, cap_ids, cap_img = [], [], []
     for i in range(n):
         ex = source[i]
-        images.append(transforms.resize(transforms.decode_image(ex["image"], size_hint=image_size), image_size))
+        images.append(transforms.load_eval_image(ex["image"], image_size))  # full decode, never draft
         ids.append(int(ex["id"]))
         paths.append(_text(ex.get("file_path", b"")))
         cams.append(int(ex.get("camera_id", -1)))

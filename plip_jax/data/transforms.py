@@ -29,8 +29,10 @@ _LUMA_FIXED = (19595, 38470, 7471)
 def decode_image(data: Any, size_hint: tuple[int, int] | None = None) -> Image.Image:
     """Return an RGB PIL image from encoded bytes or a uint8 (H,W,3) array.
 
-    `size_hint` (H, W) lets the JPEG decoder downscale by a power of two while staying >= the target
-    (PIL draft mode), which makes decoding large photos several times cheaper.
+    `size_hint` (H, W) is for TRAINING only: it lets the JPEG decoder downscale by 1/2, 1/4 or 1/8
+    in the DCT domain while staying >= the target (PIL draft mode), several times cheaper than a
+    full decode + resize of a large photo and close to it (tests bound the difference).
+    Evaluation decodes in full (no hint), like the official code.
     """
     if isinstance(data, Image.Image):
         img = data
@@ -126,14 +128,20 @@ def augment(image: np.ndarray | Image.Image, rng: np.random.Generator, cfg: Augm
     return image
 
 
-def load_train_image(data: Any, size: tuple[int, int], rng: np.random.Generator, cfg: AugmentConfig
-                     ) -> np.ndarray:
-    """Hot path of the training pipeline: decode -> bicubic resize -> augment, in PIL where possible."""
-    img = decode_image(data, size_hint=size)
+def load_train_image(data: Any, size: tuple[int, int], rng: np.random.Generator, cfg: AugmentConfig,
+                     draft: bool = True) -> np.ndarray:
+    """Hot path of the training pipeline: decode (JPEG draft mode unless `draft=False`) -> bicubic
+    resize to (H, W) -> augment, in PIL where possible. Images stored at (H, W) skip the resize."""
+    img = decode_image(data, size_hint=size if draft else None)
     h, w = int(size[0]), int(size[1])
     if img.size != (w, h):
         img = img.resize((w, h), Image.BICUBIC)
     return augment(img, rng, cfg)
+
+
+def load_eval_image(data: Any, size: tuple[int, int]) -> np.ndarray:
+    """Evaluation: full decode + bicubic resize to (H, W), as the official code (no draft mode)."""
+    return resize(decode_image(data), size)
 
 
 # --------------------------------------------------------------------------------------------
