@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -239,3 +240,65 @@ def test_cli_reports_problem_in_one_line_and_data_source_needs_a_build(tmp_path,
     assert "error: Manual directory" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="is not built"):
         tb.data_source("synth_pedes", "procedural", "train", tmp_path / "d", num_identities=5)
+
+
+def _textured(path: Path, size_wh: tuple[int, int], seed: int) -> np.ndarray:
+    """A smooth, natural-ish RGB JPEG (gradients + a few blobs) at `size_wh`; returns its pixels."""
+    w, h = size_wh
+    yy, xx = np.mgrid[:h, :w] / max(h, w)
+    rng = np.random.default_rng(seed)
+    img = np.stack([128 + 90 * np.sin(6 * yy + c + 3 * xx * rng.random()) for c in range(3)], -1)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=95)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_resize_at_build_stores_images_at_the_asked_size(tmp_path):
+    """`image_size=HxW` (synth_pedes full, text-ReID builders): its own config name and data dir,
+    every image stored resized (bicubic of the full decode, JPEG q95), the as-released build kept."""
+    import tensorflow_datasets as tfds
+
+    from plip_jax.data import pipeline
+    from plip_jax.data.tokenizer import load_tokenizer
+
+    entries = make_entries("synth_pedes")
+    root = write_dataset(tmp_path / "m", "synth_pedes", entries)
+    originals = {e["file_path"]: _textured(root / e["file_path"], (48 + 8 * i, 96 + 8 * i), i)
+                 for i, e in enumerate(entries)}  # varied sizes, none already 64x32
+    assert make_config("full", image_size=(64, 32)).name == "full_h64_w32"
+    assert make_config("full_h64_w32_v1_t1").image_height == 64
+    with pytest.raises(DatasetError, match="both image_height and image_width"):
+        make_config("full", image_height=64)
+    resized = tb.build("synth_pedes", "full", tmp_path / "d", manual_dir=root, image_size=(64, 32))
+    plain = tb.build("synth_pedes", "full", tmp_path / "d", manual_dir=root)
+    assert resized.builder_config.name == "full_h64_w32" and resized.data_dir != plain.data_dir
+    raw = resized.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
+    for i in range(len(raw)):
+        ex = raw[i]
+        img = Image.open(io.BytesIO(ex["image"]))
+        assert img.format == "JPEG" and img.size == (32, 64)
+        ref = np.asarray(Image.fromarray(originals[_text(ex["file_path"])]).resize((32, 64), Image.BICUBIC))
+        assert np.abs(np.asarray(img.convert("RGB"), np.float64) - ref).mean() < 2.0  # JPEG q95 only
+    assert {plain.as_data_source("train")[i]["image"].shape for i in range(3)} != {(64, 32, 3)}
+
+    tok = load_tokenizer()
+    cfg = pipeline.DataConfig(image_size=(64, 32), batch_size=4, max_masked=8, read_threads=0)
+    shapes = [{k: v.shape for k, v in next(pipeline.make_train_dataset(
+        b.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()}), tok, cfg, seed=0,
+        total_epochs=1).iterator()).items()} for b in (resized, plain)]
+    assert shapes[0] == shapes[1] and shapes[0]["image"] == (4, 64, 32, 3)
+
+    cuhk = write_dataset(tmp_path / "c", "cuhk_pedes")
+    for i, e in enumerate(make_entries("cuhk_pedes")):
+        _textured(cuhk / "imgs" / e["file_path"], (40, 100), i)
+    built = tb.build("cuhk_pedes", None, tmp_path / "d", manual_dir=cuhk, image_size=(64, 32))
+    assert built.builder_config.name == "full_h64_w32"
+    again = tb.get_builder("cuhk_pedes", "full_h64_w32", tmp_path / "d")  # the name a run config gives
+    assert again.is_prepared() and again.data_dir == built.data_dir
+    assert not tb.get_builder("cuhk_pedes", None, tmp_path / "d").is_prepared()  # as released: not built
+    assert {x["image"].shape for x in _read_all(again.as_data_source("test"))} == {(64, 32, 3)}
+    with pytest.raises(DatasetError, match="only the parameter image_size"):
+        tb.get_builder("cuhk_pedes", None, tmp_path / "d", num_val_ids=3)
+    with pytest.raises(DatasetError, match="contradicts the config name"):
+        tb.get_builder("cuhk_pedes", "full_h64_w32", tmp_path / "d", image_size=(32, 16))
+    with pytest.raises(DatasetError, match="has one config"):
+        tb.get_builder("cuhk_pedes", "small", tmp_path / "d")

@@ -6,6 +6,9 @@
 `synth_pedes --config full` puts every identity in `train` (the paper's setting); held-out
 identities only when asked: `--param num_val_ids=N --param num_test_ids=M` builds the config
 `full_vN_tM` with `val` / `test` splits (name it so in a run: --config.data.config=full_vN_tM).
+`--param image_size=HxW` stores the images resized to H x W at build time (JPEG q95), so training
+at that size decodes small images and skips the resize: synth_pedes `full_hH_wW` (procedural renders
+at that size) and cuhk_pedes / icfg_pedes / rstp_reid `full_hH_wW`, each in its own data dir.
 
 Python: `build(...)` returns the prepared builder (a no-op when already built) and
 `data_source(...)` the random-access `tfds` data source of one split.
@@ -27,6 +30,7 @@ from tfds_synth_pedes.cuhk_pedes import CuhkPedes
 from tfds_synth_pedes.dukemtmc import DukeMtmc
 from tfds_synth_pedes.icfg_pedes import IcfgPedes
 from tfds_synth_pedes.ingest import DatasetError
+from tfds_synth_pedes.manual_builder import ManualCaptionBuilder, stored_size_config
 from tfds_synth_pedes.market1501 import Market1501
 from tfds_synth_pedes.pa100k import Pa100k
 from tfds_synth_pedes.peta import Peta
@@ -56,6 +60,10 @@ def get_builder(
         cfg = make_config(config or SynthPedes.DEFAULT_CONFIG_NAME, **params)
         registered = {c.name for c in SynthPedes.BUILDER_CONFIGS}
         kwargs["config"] = cfg.name if cfg.name in registered else cfg  # TFDS wants registered ones by name
+    elif issubclass(cls, ManualCaptionBuilder):  # as released, or images stored resized: full_hH_wW
+        cfg = stored_size_config(name, config, **params)
+        if cfg is not None:
+            kwargs["config"] = cfg
     else:
         if config not in (None, "", "default", "full"):  # one config; 'full' accepted for uniform configs
             raise DatasetError(f"{name} has no configs (got --config {config!r})")
@@ -120,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manual_dir", default=None, help="default: DATA_DIR/downloads/manual")
     parser.add_argument("--skip_bad", action="store_true", help="build without bad entries, listing each one")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="procedural: num_identities, images_per_identity, image_size=HxW, seed, num_cameras; "
-                        "both synth_pedes configs: num_val_ids, num_test_ids (held-out identities; "
-                        "full: 0 + 0 by default, procedural: 200 + 200)")
+                        help="procedural: num_identities, images_per_identity, image_size=HxW (rendered), seed, "
+                        "num_cameras; both synth_pedes configs: num_val_ids, num_test_ids (held-out identities; "
+                        "full: 0 + 0 by default, procedural: 200 + 200); synth_pedes full, cuhk_pedes, "
+                        "icfg_pedes, rstp_reid: image_size=HxW (images stored resized to HxW at build)")
     from plip_jax.cli import add_debug_flag
 
     add_debug_flag(parser)
@@ -141,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for split, split_info in info.splits.items():
         print(f"  {split:6s} {split_info.num_examples:8d} examples")
     cfg = builder.builder_config
-    if args.name == "synth_pedes" and not cfg.procedural and cfg.name != "full":
+    if cfg is not None and not getattr(cfg, "procedural", False) and cfg.name != "full":
         print(f"  train on it with --config.data.config={cfg.name}")
     skipped = getattr(builder, "skipped", [])
     if skipped:

@@ -46,8 +46,9 @@ def prompt_spans(text: str, attributes: dict[str, str]) -> list[tuple[int, int]]
     return sorted(spans)
 
 
-def make_example(entry: Entry) -> dict:
-    """The example dict TFDS serialises for one validated entry (reads and converts the image)."""
+def make_example(entry: Entry, image_size: tuple[int, int] | None = None) -> dict:
+    """The example dict TFDS serialises for one validated entry (reads and converts the image;
+    `image_size` (H, W) stores it resized to that size, see `ingest.read_image_bytes`)."""
     attributes = slot_attributes(entry.attributes)
     spans = {
         "captions": [[list(s) for s in spac.find_attribute_phrases(c)] for c in entry.captions],
@@ -55,7 +56,7 @@ def make_example(entry: Entry) -> dict:
     }
     labels = spac.attribute_labels(attributes) if entry.attributes else np.full(len(spac.ATTRIBUTE_LABELS), -1, np.int8)
     return {
-        "image": read_image_bytes(entry.image_path),
+        "image": read_image_bytes(entry.image_path, image_size),
         "id": entry.id,
         "file_path": entry.file_path,
         "captions": list(entry.captions),

@@ -133,25 +133,37 @@ def check_image_file(path: Path) -> None:
             read_image_bytes(path)  # slow path: a full decode decides (trailing bytes are legal)
 
 
-def read_image_bytes(path: Path) -> bytes:
-    """Encoded RGB image bytes: the file as-is for RGB JPEG/PNG, else converted to RGB (PNG/JPEG)."""
+# Images resized at build time (a `full_hH_wW` config) are stored as JPEG at this quality, without
+# chroma subsampling (4:4:4): ~2/3 of the 4:2:0 error for ~15% more decode time (DESIGN: fidelity first).
+STORED_JPEG_QUALITY = 95
+
+
+def read_image_bytes(path: Path, size: tuple[int, int] | None = None) -> bytes:
+    """Encoded RGB image bytes: the file as-is for RGB JPEG/PNG, else converted to RGB (PNG/JPEG).
+
+    With `size` (H, W), an image of another size is fully decoded, bicubic-resized to (H, W) (as the
+    training transform would) and stored as a JPEG of quality STORED_JPEG_QUALITY (4:4:4)."""
     data = Path(path).read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            if img.format in ("JPEG", "PNG") and img.mode == "RGB":
+            resize = size is not None and img.size != (int(size[1]), int(size[0]))
+            if img.format in ("JPEG", "PNG") and img.mode == "RGB" and not resize:
                 return data
-            fmt = "JPEG" if img.format == "JPEG" else "PNG"
+            fmt = "JPEG" if img.format == "JPEG" or resize else "PNG"
             if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 rgb = Image.new("RGB", rgba.size, (255, 255, 255))
                 rgb.paste(rgba, mask=rgba.getchannel("A"))
             else:
                 rgb = img.convert("RGB")
+            if resize:
+                rgb = rgb.resize((int(size[1]), int(size[0])), Image.BICUBIC)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"image cannot be decoded ({type(e).__name__}: {e})") from None
     buf = io.BytesIO()
-    rgb.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    options = {} if fmt == "PNG" else {"quality": STORED_JPEG_QUALITY, "subsampling": 0} if resize else {"quality": 95}
+    rgb.save(buf, format=fmt, **options)
     return buf.getvalue()
 
 

@@ -6,7 +6,9 @@ SYNTH-PEDES; `procedural` holds out 200 + 200 identities by default. Either take
 params num_val_ids / num_test_ids: that many identities, chosen by a stable hash of the id, go to
 `val` / `test` (disjoint from train and from each other) for zero-shot monitoring and selection.
 A non-default config is named after its params (`full_v10_t5`), and that name can be passed back
-as the config (`--config.data.config=full_v10_t5`).
+as the config (`--config.data.config=full_v10_t5`). `image_size=(H, W)` is the stored image size:
+`procedural` renders at it, `full` resizes every image to it at build time (`full_h256_w128`, JPEG
+q95), so training at that size skips the resize and decodes small images.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ No download needed for the rendered stand-in: --config procedural.
 @dataclasses.dataclass(eq=False)
 class SynthPedesConfig(tfds.core.BuilderConfig):
     """`procedural` renders; held-out val/test identity counts apply to both configs (see
-    `_BASE_DEFAULTS` for each base's defaults)."""
+    `_BASE_DEFAULTS` for each base's defaults). image_height/width: the rendered size (procedural)
+    or the size `full` stores its images at (0: as released)."""
 
     procedural: bool = False
     num_identities: int = 2000
@@ -58,11 +61,12 @@ _TAGS = {
     "num_identities": "n", "images_per_identity": "k", "image_height": "h", "image_width": "w",
     "seed": "s", "num_cameras": "c", "num_val_ids": "v", "num_test_ids": "t",
 }
-_PROCEDURAL_ONLY = ("num_identities", "images_per_identity", "image_height", "image_width", "seed", "num_cameras")
+_PROCEDURAL_ONLY = ("num_identities", "images_per_identity", "seed", "num_cameras")
 _DEFAULTS = SynthPedesConfig(name="defaults")
 # Held-out identities by default: none for `full` (the paper trains on every identity), 200 + 200
-# for `procedural` (the stand-in monitors zero-shot retrieval on its own identities).
-_BASE_DEFAULTS = {"full": dict(num_val_ids=0, num_test_ids=0),
+# for `procedural` (the stand-in monitors zero-shot retrieval on its own identities). `full` keeps
+# the released image sizes unless image_size is given (resize at build).
+_BASE_DEFAULTS = {"full": dict(num_val_ids=0, num_test_ids=0, image_height=0, image_width=0),
                   "procedural": dict(num_val_ids=200, num_test_ids=200)}
 # `full` 1.1.0: every identity in train unless asked (1.0.0 held out 200 + 200 by default).
 _FULL_VERSION = "1.1.0"
@@ -101,7 +105,10 @@ def make_config(base: str, **params: Any) -> SynthPedesConfig:
         if not (isinstance(size, Sequence) and len(size) == 2):
             raise ingest.DatasetError(f"image_size must be (height, width), got {size!r}")
         params["image_height"], params["image_width"] = size
-    allowed = tuple(_TAGS) if base == "procedural" else ("num_val_ids", "num_test_ids")
+    allowed = tuple(_TAGS) if base == "procedural" else ("num_val_ids", "num_test_ids", "image_height", "image_width")
+    if base == "full" and ("image_height" in params) != ("image_width" in params):
+        raise ingest.DatasetError("synth_pedes/full resizes at build only with both image_height and image_width "
+                                  "(or image_size=HxW)")
     for key, value in params.items():
         if key not in allowed:
             hint = " (procedural only)" if key in _PROCEDURAL_ONLY else ""
@@ -166,6 +173,11 @@ class SynthPedes(ManualCaptionBuilder):
 
     def _data_root(self, dl_manager: tfds.download.DownloadManager) -> Path:
         return self._render(dl_manager) if self.builder_config.procedural else self._manual_root(dl_manager)
+
+    def stored_size(self) -> tuple[int, int] | None:
+        """`full`: the build-time resize target, if any; `procedural` renders at its size already."""
+        cfg = self.builder_config
+        return None if cfg.procedural or not cfg.image_height else (cfg.image_height, cfg.image_width)
 
     def _assign_splits(self, entries: Sequence[ingest.Entry]) -> dict[str, list[ingest.Entry]]:
         cfg = self.builder_config
