@@ -1,21 +1,29 @@
 """Benchmark: training input pipeline throughput (samples/s per host core) at 256x128.
 
-Measures the full per-sample path (source read, JPEG decode, bicubic resize, flip, tokenize to 64,
-phrase masking, batching) for grain worker counts 0 (in-process, one core) and N, plus a per-stage
-breakdown of one sample. Data: a procedural SYNTH-PEDES built with tfds_synth_pedes when that builder
-is available (or --data_dir), else an in-memory source of 128x64 JPEGs in the docs/contracts.md format.
+Builds, in a temp dir, a small SYNTH-PEDES in the released layout (procedural renders at 512x256
+with photo-like texture, JPEG q90) twice with tfds_synth_pedes: `full` as released (images larger
+than the training size) and `full_h256_w128` (resize at build: stored at the training size, JPEG
+q95 4:4:4). Then measures
+  - per stage, on batches of real records (CPU time per sample, best of a few rounds): read
+    (array_record + proto), order (sampler), decode, resize, flip+copy into the batch, tokenize
+    (batched, with caption/span fields), phrase masking (batched); four image variants: stored at
+    256x128, stored 512x256 with draft decode (training), stored 512x256 full decode + resize (what
+    evaluation does), stored 128x64 upscaled;
+  - end to end (`make_train_dataset`, batches of 64): in-process (0 workers) and 1 and 2 grain
+    workers on the 256x128 build, in-process on the 512x256 build (draft decode).
+"per core" columns divide by CPU seconds actually spent (this process plus its workers), which holds
+up on a shared host; wall-clock samples/s are printed too. Runs in ~1-2 minutes.
 
-  python bench/input_pipeline.py [--smoke] [--workers N] [--batches B] [--data_dir D]
-Writes bench/results/input_pipeline-<date>-cpu.json.
+  python bench/input_pipeline.py [--smoke] [--ids 64] [--batch 64] [--batches 20] [--workers 1,2]
+                                 [--out bench/results/input_pipeline-<date>-cpu.json]
+Writes a JSON document only with --out.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,200 +34,264 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import common  # noqa: E402  (bench/common.py)
 from plip_jax.data import masking, pipeline, transforms  # noqa: E402
 from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
 
-COLOURS = ["red", "blue", "dark green", "black", "white", "light grey", "yellow", "navy blue"]
-UPPER = ["jacket", "t-shirt", "long-sleeved shirt", "hooded sweater", "coat"]
-LOWER = ["jeans", "shorts", "long skirt", "trousers"]
+SIZE = (256, 128)
+TARGET_PER_CORE = 1000
 
 
-def _caption(rng: np.random.Generator) -> tuple[str, list[list[int]]]:
-    """A SPAC-like caption of ~25-35 tokens with 3-4 attribute phrases and their char spans."""
-    phrases = [f"{rng.choice(COLOURS)} {rng.choice(UPPER)}", f"{rng.choice(COLOURS)} {rng.choice(LOWER)}",
-               f"{rng.choice(COLOURS)} shoes", "a black backpack"]
-    text = (f"The young woman with long black hair is wearing a {phrases[0]} over her shoulders and "
-            f"{phrases[1]}, with {phrases[2]} on her feet, and she is carrying {phrases[3]} on her back.")
-    spans, start = [], 0
-    for p in phrases:
-        s = text.index(p, start)
-        spans.append([s, s + len(p)])
-        start = s + len(p)
-    return text, spans
+# ---------------------------------------------------------------------------------------------
+# Data: a released-layout SYNTH-PEDES, built as released and resized at build
+# ---------------------------------------------------------------------------------------------
+def _texture(path: Path, rng: np.random.Generator) -> None:
+    """Photo-like detail on a flat procedural render (noise + slight blur), so JPEG decode costs what a
+    real person crop costs rather than what a cartoon costs."""
+    from PIL import ImageFilter
+
+    img = Image.open(path).convert("RGB").filter(ImageFilter.GaussianBlur(0.7))
+    arr = np.asarray(img, np.float32) + rng.normal(0, 5, (img.height, img.width, 1)) + rng.normal(0, 3, (img.height, img.width, 3))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
 
 
-def in_memory_source(num_images: int, size=(128, 64), seed: int = 0) -> list[dict]:
-    """Examples with JPEG-encoded images (as tfds would store them), 3 captions + a prompt caption."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size[0], :size[1]]
-    out = []
-    for n in range(num_images):
-        c = rng.integers(0, 256, 3)
-        img = (np.sin(yy[..., None] / (5 + n % 7) + c / 40) * 60 + c * 0.7 + rng.normal(0, 12, (*size, 3)))
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
-        caps = [_caption(rng) for _ in range(4)]
-        out.append({"image": buf.getvalue(), "id": np.int64(n // 4), "file_path": f"{n}.jpg".encode(),
-                    "captions": np.array([c.encode() for c, _ in caps[:3]], dtype=object),
-                    "prompt_caption": caps[3][0].encode(),
-                    "spans_json": json.dumps({"captions": [s for _, s in caps[:3]],
-                                              "prompt_caption": caps[3][1]}).encode(),
-                    "camera_id": np.int64(-1), "attribute_labels": np.zeros(4, np.int8)})
-    return out
+def build_datasets(work: Path, num_ids: int, per_id: int) -> dict:
+    """Render the layout at 512x256, then build synth_pedes `full` (as released) and `full_h256_w128`."""
+    from tfds_synth_pedes import build as tb
+    from tfds_synth_pedes.synth_pedes import procedural
 
-
-def procedural_source(data_dir: str | None, num_ids: int):
-    """Build (or reuse) a tiny procedural synth_pedes with tfds_synth_pedes; None if unavailable."""
-    try:
-        from tfds_synth_pedes import build as tsp_build  # noqa: F401
-        import tensorflow_datasets as tfds
-    except ImportError:
-        return None, "in-memory JPEG 128x64 (tfds_synth_pedes.build not available)"
-    d = data_dir or tempfile.mkdtemp(prefix="plip_bench_tfds_")
-    try:
-        builder = tsp_build.build("synth_pedes", "procedural", d, num_identities=num_ids, images_per_identity=4,
-                                  image_size=(128, 64), num_val_ids=2, num_test_ids=2)
-        src = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
-    except Exception as e:  # a builder still under development must not sink the benchmark
-        return None, f"in-memory JPEG 128x64 (procedural build failed: {type(e).__name__}: {e})"
-    return src, f"tfds synth_pedes/procedural ({num_ids} ids) in {d}"
-
-
-def stage_breakdown(source, tok, n: int = 200, rounds: int = 5) -> dict[str, dict[str, float]]:
-    """Per-stage microseconds per sample, two ways: `cpu` = process CPU time, best of `rounds` round
-    averages; `min` = the fastest single call (wall clock), a lower bound close to an idle core."""
+    t0 = time.perf_counter()
+    layout = procedural.write_layout(work / "layout", num_identities=num_ids, images_per_identity=per_id,
+                                     image_height=2 * SIZE[0], image_width=2 * SIZE[1], seed=0, num_cameras=6)
     rng = np.random.default_rng(0)
-    aug = transforms.AugmentConfig()
-    names = ["read", "decode", "resize", "flip+to_numpy", "tokenize", "mask"]
-    best = dict.fromkeys(names, float("inf"))
-    fastest = dict.fromkeys(names, float("inf"))
-    per_round = max(1, n // rounds)
-    for clock, table in ((time.process_time, best), (time.perf_counter, fastest)):
-        for r in range(rounds):
-            t = dict.fromkeys(names, 0.0)
-            for i in range(r * per_round, (r + 1) * per_round):
-                t0 = clock()
-                ex = source[i % len(source)]
-                t1 = clock()
-                img = transforms.decode_image(ex["image"], size_hint=(256, 128))
-                img.load()
-                t2 = clock()
-                img = img.resize((128, 256), Image.BICUBIC)
-                t3 = clock()
-                transforms.augment(img, rng, aug)
-                t4 = clock()
-                cap, spans = pipeline._caption_and_spans(ex, i % 3)
-                enc = tok.encode_with_offsets([cap], max_length=64)
-                t5 = clock()
-                masking.mask_phrases(enc["input_ids"][0], enc["offsets"][0], spans, 0.5, rng,
-                                     tok.mask_token_id, 24)
-                t6 = clock()
-                for k, dt in zip(names, np.diff([t0, t1, t2, t3, t4, t5, t6])):
-                    t[k] += dt
-                    if table is fastest:
-                        fastest[k] = min(fastest[k], dt)
-            if table is best:
-                best = {k: min(best[k], t[k] / per_round) for k in names}
-    return {"cpu": {k: round(v * 1e6, 1) for k, v in best.items()},
-            "min": {k: round(v * 1e6, 1) for k, v in fastest.items()}}
+    for entry in json.loads((layout / procedural.ANNOTATION_FILE).read_text()):
+        _texture(layout / entry["file_path"], rng)
+    render_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    large = tb.build("synth_pedes", "full", work / "tfds", manual_dir=layout)
+    as_released_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    small = tb.build("synth_pedes", "full", work / "tfds", manual_dir=layout, image_size=SIZE)
+    resized_s = time.perf_counter() - t0
+    return {"large": large, "small": small, "layout": layout,
+            "build_s": {"render": round(render_s, 1), "full": round(as_released_s, 1),
+                        f"full_h{SIZE[0]}_w{SIZE[1]}": round(resized_s, 1)}}
 
 
-def reference_copy_us(reps: int = 200) -> float:
-    """Median time to copy one 256x128x3 uint8 image: ~5-10 us on an idle core; shows host contention."""
-    x = np.zeros((256, 128, 3), np.uint8)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        x.copy()
-        ts.append(time.perf_counter() - t0)
-    return round(float(np.median(ts)) * 1e6, 1)
+def raw_source(builder):
+    import tensorflow_datasets as tfds
+
+    return builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
 
 
-def measure(source, tok, index, workers: int, batch: int, batches: int, warmup: int) -> dict:
+# ---------------------------------------------------------------------------------------------
+# Per-stage timing
+# ---------------------------------------------------------------------------------------------
+def _cpu_us(fn, n: int, rounds: int) -> float:
+    """Best-of-`rounds` process CPU microseconds per sample of fn() (which handles n samples)."""
+    fn()  # warm caches / lazy init
+    best = float("inf")
+    for _ in range(rounds):
+        c0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - c0)
+    return best / n * 1e6
+
+
+def text_stages(view, tok, batch: int, rounds: int) -> dict[str, float]:
+    """CPU us/sample of the non-image stages (read, order, tokenize, mask) on one batch of records."""
+    index = pipeline.CaptionIndex.build(view)
+    order = pipeline._CaptionOrder(len(index), seed=0)
+    pairs = np.array([order(0, p) for p in range(batch)])
+    images = index.image[pairs]
+    exs = pipeline._read_examples(view, images)
+    common_stages = {
+        "read": _cpu_us(lambda: pipeline._read_examples(view, images), batch, rounds),
+        "order": _cpu_us(lambda: [order(1, p) for p in range(batch)], batch, rounds),
+    }
+    _, spans = zip(*(pipeline._caption_and_spans(ex, int(s)) for ex, s in zip(exs, index.slot[pairs])))
+
+    def tokenize():
+        t, _ = zip(*(pipeline._caption_and_spans(ex, int(s)) for ex, s in zip(exs, index.slot[pairs])))
+        return tok.encode_with_offsets(list(t), max_length=64)
+
+    enc = tokenize()
+    common_stages["tokenize"] = _cpu_us(tokenize, batch, rounds)
+    common_stages["mask"] = _cpu_us(lambda: masking.mask_phrases_batch(
+        enc["input_ids"], enc["offsets"], spans, np.full(batch, 0.5),
+        [np.random.default_rng((0, g)) for g in range(batch)], tok.mask_token_id, 24), batch, rounds)
+    return common_stages
+
+
+def image_stages(datas: list[bytes], draft: bool, batch: int, rounds: int) -> dict[str, float]:
+    """decode / resize / flip+copy CPU us per sample, training transform (`draft` = JPEG draft mode)."""
+    h, w = SIZE
+    hint = SIZE if draft else None
+
+    def decode():
+        out = []
+        for d in datas:
+            img = transforms.decode_image(d, size_hint=hint)
+            img.load()
+            out.append(img)
+        return out
+
+    decoded = decode()
+    resized = [im if im.size == (w, h) else im.resize((w, h), Image.BICUBIC) for im in decoded]
+    needs_resize = any(im.size != (w, h) for im in decoded)
+    buf = np.empty((len(datas), h, w, 3), np.uint8)
+
+    def flip_copy():
+        rng = np.random.default_rng(0)
+        for i, im in enumerate(resized):
+            buf[i] = transforms.augment(im, rng, transforms.AugmentConfig())
+
+    return {"decode": _cpu_us(decode, batch, rounds),
+            "resize": _cpu_us(lambda: [im.resize((w, h), Image.BICUBIC) for im in decoded], batch, rounds)
+            if needs_resize else 0.0,
+            "flip+copy": _cpu_us(flip_copy, batch, rounds),
+            "decoded_at": f"{decoded[0].size[1]}x{decoded[0].size[0]}"}
+
+
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    b = io.BytesIO()
+    img.save(b, format="JPEG", quality=quality)
+    return b.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------
+def _children_cpu() -> float:
+    import psutil
+
+    total = 0.0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def end_to_end(source, tok, workers: int, batch: int, batches: int, warmup: int, seed: int = 0) -> dict:
+    """Steady-state samples/s of `make_train_dataset` (startup excluded) and samples per CPU second."""
     cfg = pipeline.DataConfig(batch_size=batch, workers=workers, read_threads=0 if workers == 0 else 1)
-    data = pipeline.make_train_dataset(source, tok, cfg, seed=0, total_epochs=1000, caption_index=index)
+    data = pipeline.make_train_dataset(source, tok, cfg, seed=seed, total_epochs=1000)
     it = data.iterator()
     try:
         t_start = time.perf_counter()
         for _ in range(warmup):
             next(it)
-        t0 = time.perf_counter()
-        cpu = []
+        startup = time.perf_counter() - t_start
+        c0, k0, t0 = time.process_time(), _children_cpu(), time.perf_counter()
         for _ in range(batches):
-            c0 = time.process_time()
             b = next(it)
-            cpu.append(time.process_time() - c0)
-        dt = time.perf_counter() - t0
-        assert b["image"].shape == (batch, 256, 128, 3)
+        wall = time.perf_counter() - t0
+        cpu_main, cpu_workers = time.process_time() - c0, _children_cpu() - k0
+        assert b["image"].shape == (batch, *SIZE, 3)
     finally:
         if hasattr(it, "close"):
             it.close()
-    cores = max(1, min(workers, os.cpu_count() or 1)) if workers else 1
-    sps = batches * batch / dt
-    return {"workers": workers, "cores_used": cores, "samples_per_s": round(sps, 1),
-            "samples_per_s_per_core": round(sps / cores, 1), "startup_s": round(t0 - t_start, 2),
-            "batches": batches, "batch_size": batch,
-            # workers=0: all work runs in this process, so its CPU time per batch (median, to filter
-            # contention on a shared host) gives a load-robust samples per core-second.
-            "samples_per_cpu_s_in_process": round(batch / float(np.median(cpu)), 1) if workers == 0 else None}
+    n = batches * batch
+    cores = min(workers, os.cpu_count() or 1) if workers else 1
+    cpu = cpu_main + cpu_workers
+    return {"workers": workers, "samples": n, "wall_s": round(wall, 2), "samples_per_s": round(n / wall, 1),
+            "samples_per_s_per_core_wall": round(n / wall / cores, 1),
+            "cpu_s_main": round(cpu_main, 2), "cpu_s_workers": round(cpu_workers, 2),
+            "samples_per_cpu_s": round(n / cpu, 1) if cpu > 0 else None, "startup_s": round(startup, 1)}
 
 
+# ---------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny run for CI")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N for the multi-worker row")
+    ap.add_argument("--smoke", action="store_true", help="tiny run (tests)")
+    ap.add_argument("--ids", type=int, default=64, help="identities (4 images each) in the benchmark dataset")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--batches", type=int, default=20)
-    ap.add_argument("--data_dir", default=None, help="reuse/build the procedural dataset here")
-    ap.add_argument("--in_memory", action="store_true", help="skip tfds_synth_pedes, use in-memory JPEGs")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per end-to-end row")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per stage (best is kept)")
+    ap.add_argument("--workers", default="1,2", help="grain worker counts for the end-to-end rows (0 always runs)")
+    ap.add_argument("--data_dir", default=None, help="build/reuse the datasets here instead of a temp dir")
+    ap.add_argument("--out", default=None, help="write the JSON document here")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.batch, args.batches, args.workers = 8, 3, min(args.workers, 2)
+        args.ids, args.batch, args.batches, args.rounds, args.workers = 8, 8, 2, 2, "1"
+    workers = sorted({int(w) for w in str(args.workers).split(",") if w.strip()} - {0})
 
+    t_all = time.perf_counter()
     tok = load_tokenizer()
-    num_images = 64 if args.smoke else 512
-    src, desc = (None, "in-memory JPEG 128x64") if args.in_memory else procedural_source(args.data_dir, num_images // 4)
-    if src is None:
-        src = in_memory_source(num_images)
-    t0 = time.perf_counter()
-    index = pipeline.CaptionIndex.build(pipeline.train_fields_view(src))
-    index_s = time.perf_counter() - t0
-    ref_us = reference_copy_us()
-    stages = stage_breakdown(pipeline.train_fields_view(src), tok, 50 if args.smoke else 300)
+    with tempfile.TemporaryDirectory(prefix="plip_bench_input_") as tmp:
+        work = Path(args.data_dir or tmp)
+        ds = build_datasets(work, args.ids, 4)
+        small, large = pipeline.train_fields_view(raw_source(ds["small"])), pipeline.train_fields_view(raw_source(ds["large"]))
+        b = min(args.batch, len(small))
 
-    rows = []
-    for w in sorted({0, args.workers}):
-        rows.append(measure(src, tok, index, w, args.batch, args.batches, warmup=1 if args.smoke else 3))
+        common_stages = text_stages(small, tok, b, args.rounds)
+        idx = list(range(b))
+        small_bytes = [ex["image"] for ex in small.__getitems__(idx)]
+        large_bytes = [ex["image"] for ex in large.__getitems__(idx)]
+        tiny_bytes = [_jpeg(Image.open(io.BytesIO(d)).convert("RGB").resize((SIZE[1] // 2, SIZE[0] // 2), Image.BICUBIC))
+                      for d in large_bytes]
+        variants = {
+            "stored 256x128 (resize at build)": image_stages(small_bytes, True, b, args.rounds),
+            "stored 512x256, draft decode (train)": image_stages(large_bytes, True, b, args.rounds),
+            "stored 512x256, full decode + resize": image_stages(large_bytes, False, b, args.rounds),
+            "stored 128x64, upscaled": image_stages(tiny_bytes, True, b, args.rounds),
+        }
+        stage_rows = []
+        for name, img in variants.items():
+            stages = {"read": common_stages["read"], "order": common_stages["order"], "decode": img["decode"],
+                      "resize": img["resize"], "flip+copy": img["flip+copy"],
+                      "tokenize": common_stages["tokenize"], "mask": common_stages["mask"]}
+            total = sum(stages.values())
+            stage_rows.append({"variant": name, "decoded_at": img["decoded_at"],
+                               "us_per_sample": {k: round(v, 1) for k, v in stages.items()},
+                               "total_us": round(total, 1), "samples_per_s_per_core": round(1e6 / total, 1)})
+
+        e2e = []
+        warm = 1 if args.smoke else 2
+        for w in [0, *workers]:
+            row = end_to_end(raw_source(ds["small"]), tok, w, b, args.batches, warm)
+            e2e.append({"data": "stored 256x128 (resize at build)", **row})
+        row = end_to_end(raw_source(ds["large"]), tok, 0, b, args.batches, warm)
+        e2e.append({"data": "stored 512x256, draft decode", **row})
+        num_images, num_pairs = len(small), len(pipeline.CaptionIndex.build(small))
+
     load = os.getloadavg()
-    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-              "cpu_count": os.cpu_count(), "loadavg": [round(x, 2) for x in load], "data": desc,
-              "num_images": len(src), "num_pairs": len(index), "caption_index_s": round(index_s, 3),
-              "image_size": [256, 128], "max_length": 64, "max_masked": 24, "smoke": args.smoke,
-              "stage_us_per_sample": stages, "reference_image_copy_us": ref_us,
-              "stage_min_samples_per_s_per_core": round(1e6 / max(1.0, sum(stages["min"].values())), 1),
-              "rows": rows, "target_per_core": 400}
+    busy = load[0] > 0.5 * (os.cpu_count() or 1)
+    doc = {"kind": "input_pipeline", **common.base_info(), "smoke": args.smoke,
+           "versions": common.package_versions(["pillow", "tokenizers", "grain", "numpy", "tensorflow-datasets"]),
+           "config": {"image_size": list(SIZE), "max_length": 64, "max_masked": 24, "batch": b,
+                      "batches": args.batches, "ids": args.ids, "images": num_images, "pairs": num_pairs,
+                      "build_s": ds["build_s"], "target_per_core": TARGET_PER_CORE},
+           "stages": stage_rows, "rows": e2e, "total_s": round(time.perf_counter() - t_all, 1),
+           "notes": [("BUSY host (load average %.1f on %d cores): development numbers, rerun on an idle machine"
+                      % (load[0], os.cpu_count() or 1)) if busy else "idle host",
+                     "per-core = samples per CPU second (this process + its grain workers); "
+                     "'order' is grain's index_shuffle, which cycle-walks (slower) on small datasets"]}
 
-    print(f"data: {desc}; {len(src)} images, {len(index)} pairs; load average {load[0]:.2f} on "
-          f"{os.cpu_count()} cores")
-    for kind, table in stages.items():
-        total = sum(table.values())
-        print(f"stage us/sample ({kind}): " + ", ".join(f"{k} {v}" for k, v in table.items())
-              + f" (sum {total:.0f} us -> {1e6 / max(1.0, total):.0f}/s/core)")
-    print(f"reference: copying one 256x128x3 image takes {ref_us} us (idle core: ~5-10 us)")
-    print(f"{'workers':>8} {'cores':>6} {'samples/s':>10} {'per core':>9} {'per CPU-s':>10} {'startup s':>10}")
-    for r in rows:
-        print(f"{r['workers']:>8} {r['cores_used']:>6} {r['samples_per_s']:>10} "
-              f"{r['samples_per_s_per_core']:>9} {str(r['samples_per_cpu_s_in_process'] or '-'):>10} "
-              f"{r['startup_s']:>10}")
-    out = Path(args.out) if args.out else (
-        ROOT / "bench" / "results" / f"input_pipeline-{datetime.date.today().isoformat()}-cpu.json")
-    if not args.smoke or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
-    return result
+    print(f"{num_images} images, {num_pairs} pairs; builds {ds['build_s']} s; load average {load[0]:.1f} on "
+          f"{os.cpu_count()} cores{' -- BUSY HOST: development numbers' if busy else ''}")
+    names = list(stage_rows[0]["us_per_sample"])
+    print("\nper stage, CPU us/sample (samples/s per core = 1e6 / total):")
+    head = f"{'variant':38} {'decoded':>8} " + " ".join(f"{n:>9}" for n in names) + f" {'total':>7} {'/s/core':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in stage_rows:
+        print(f"{r['variant']:38} {r['decoded_at']:>8} " + " ".join(f"{r['us_per_sample'][n]:>9.1f}" for n in names)
+              + f" {r['total_us']:>7.0f} {r['samples_per_s_per_core']:>8.0f}")
+    print("\nend to end (make_train_dataset, batch %d, %d timed batches; startup excluded):" % (b, args.batches))
+    cols = ("data", "workers", "samples_per_s", "samples_per_s_per_core_wall", "samples_per_cpu_s",
+            "cpu_s_main", "cpu_s_workers", "startup_s")
+    print(common.format_table(e2e, cols))
+    print(f"target: {TARGET_PER_CORE} samples/s per core; total {doc['total_s']} s")
+    if args.out:
+        paths = common.write_json(doc, args.out)
+        print(f"wrote {paths[0]}")
+    return doc
 
 
 if __name__ == "__main__":

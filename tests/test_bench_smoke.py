@@ -76,3 +76,20 @@ def test_merge_and_ratio() -> None:
     assert ratio["value"] == pytest.approx((256 / 0.05) / (256 / 0.064), rel=1e-3)
     assert merged["rows"][0]["mfu"] == pytest.approx(1e13 / 0.05 / 989.4e12, rel=1e-2)
     assert common.card_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+
+
+def test_input_pipeline_smoke(tmp_path: Path) -> None:
+    """bench/input_pipeline.py builds its own datasets (as released + resized at build) and reports
+    every stage and the end-to-end rows (0 and 1 grain workers)."""
+    out = tmp_path / "input.json"
+    p = subprocess.run([sys.executable, "bench/input_pipeline.py", "--smoke", "--out", str(out)], cwd=ROOT,
+                       env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "input_pipeline" and doc["smoke"] is True
+    assert [r["decoded_at"] for r in doc["stages"]] == ["256x128", "256x128", "512x256", "128x64"]
+    for r in doc["stages"]:
+        assert r["samples_per_s_per_core"] > 0 and set(r["us_per_sample"]) >= {"decode", "resize", "tokenize", "mask"}
+    assert doc["stages"][0]["us_per_sample"]["resize"] == 0.0  # stored at the training size: no resize
+    assert [r["workers"] for r in doc["rows"]] == [0, 1, 0]
+    assert all(r["samples_per_s"] > 0 and r["samples_per_cpu_s"] for r in doc["rows"])
