@@ -29,12 +29,6 @@ def _fail(msg: str) -> None:
     raise SystemExit(2)
 
 
-def _on_sigterm(signum, _frame) -> None:
-    # Until (and after) the training loop installs its own handler: exit through `finally`
-    # blocks, so the workdir lock is released.
-    raise SystemExit(128 + signum)
-
-
 def main(argv) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -57,9 +51,19 @@ def main(argv) -> None:
         _fail("--workdir is required")
     from plip_jax.workdir_lock import WorkdirLock
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
     # Multi-host: process 0 holds the lock for the run.
-    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+
+    def on_sigterm(signum, _frame) -> None:
+        # Outside the training loop (which saves and exits on SIGTERM itself): release the lock, then
+        # die of the signal as before. Raising SystemExit here could land inside a library callback.
+        if isinstance(lock, WorkdirLock):
+            lock.release()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    with lock:
         if mode == "pretrain":
             from plip_jax.train import train_and_evaluate
 
