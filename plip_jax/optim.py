@@ -71,7 +71,7 @@ def make_optimizer(cfg, params: Any, steps_per_epoch: int, total_steps: int,
     decay_mask = map_with_names(lambda n, x: len(getattr(x, "shape", ())) > 1
                                 and not matches_any(n, cfg.no_decay), params)
     transforms: dict[str, optax.GradientTransformation] = {FROZEN: optax.set_to_zero()}
-    for lab in set(jax.tree.leaves(labels)):
+    for lab in sorted(set(jax.tree.leaves(labels))):   # sorted: same HLO in every process (cache hits)
         if lab == FROZEN:
             continue
         mult = float(lab[len("lr_x"):])

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from plip_jax import checkpoint as ckpt_lib
-from plip_jax import data_setup, optim, sharding as shd, state as state_lib, text_tower
+from plip_jax import data_setup, optim, sharding as shd, state as state_lib, text_tower, timing
 from plip_jax.data.tokenizer import load_tokenizer
 from plip_jax.evals.embed import Embedder, text_reid_eval
 from plip_jax.models.plip import build_model
@@ -141,6 +141,9 @@ def print_table(title: str, rows: dict[str, dict[str, float]]) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Run (or resume) pre-training in `workdir`; returns the final evaluation metrics."""
     validate_config(config)
+    if jax.process_index() == 0 and text_tower.from_config(config.model)[1] is None:
+        # A random text tower is legal only by name (validate_config); the run's first line says so.
+        print(f"text tower {config.model.text.init!r}: RANDOM weights, no pretrained text encoder", flush=True)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -222,9 +225,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         return m
 
     fault_step = int(os.environ.get("PLIP_CRASH_AFTER_CHECKPOINT", "0") or 0)
+    hold_step = int(os.environ.get("PLIP_HOLD_AFTER_CHECKPOINT", "0") or 0)  # wait there to be killed
     pending: list[tuple[int, dict]] = []
     step = start_step
     t_last, n_last = time.time(), 0
+    clock = timing.CompileClock()
+    window = timing.StepWindow(clock)   # step_s / compile_s in metrics.jsonl, less eval and saves
     pbar = None
     if is_main:
         from tqdm import tqdm
@@ -250,15 +256,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             state, metrics = step_fn(state, batch, base_rng)
             pending.append((step, metrics))
             step += 1
+            window.step()
             n_last += config.data.batch_size
             if step % config.train.log_every == 0 or step == total_steps:
                 last = flush_pending()
                 dt = max(time.time() - t_last, 1e-9)
                 sps = n_last / dt
                 t_last, n_last = time.time(), 0
+                times = window.read()
                 if last is not None:
                     hm = {k: v for k, v in last[1].items() if k != "nonfinite"}
                     hm["samples_per_s"] = sps
+                    hm.update(times)
                     hm["epoch"] = step / steps_per_epoch
                     writer.write(step, hm)
                     if pbar is not None:
@@ -268,7 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             if pbar is not None:
                 pbar.update(1)
             if periodic and step % config.train.eval_every == 0 and step < total_steps:
-                m = evaluate(eval_split, periodic)
+                with window.exclude():
+                    m = evaluate(eval_split, periodic)
                 writer.write(step, {f"{plan.key(periodic)}/{k}": v for k, v in m.items()
                                     if isinstance(v, float)})
                 if is_main:
@@ -278,7 +288,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     (pbar.write(msg) if pbar is not None else print(msg, flush=True))
             if config.train.ckpt_every and step % config.train.ckpt_every == 0:
                 flush_pending()
-                save(step)
+                with window.exclude():
+                    save(step)
+                if hold_step and step == hold_step:
+                    # Fault injection for kill-and-resume (bench/rehearsal.py): the checkpoint is
+                    # written, then the run waits for its SIGKILL at a known point.
+                    ckpt.wait()
+                    print(f"PLIP_HOLD: checkpoint {step} written; waiting to be killed", flush=True)
+                    while True:
+                        time.sleep(60)
                 if fault_step and step == fault_step:
                     # Fault injection for resume tests: a hard crash right after a checkpoint.
                     ckpt.wait()
@@ -301,6 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if pbar is not None:
             pbar.close()
         signal.signal(signal.SIGTERM, prev)
+        clock.close()
     ckpt.wait()
 
     # Final evaluation: validation (selection; `train.final_val=False` skips it) and test (report).
