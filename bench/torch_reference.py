@@ -7,6 +7,11 @@ CMPM loss of PLIP_SPEC 2.3 (code form, fp32), and AdamW over the trainable param
 synthetic batches as the JAX bench (plip_jax.data.synthetic), on the device before timing; images
 are uint8 NHWC and normalised inside the step, as in JAX.
 
+Work `full` (rows `full:MODE:DTYPE:BATCH`): the whole PLIP objective in PyTorch, the twin of the JAX
+step (tests/reference/torch_plip.py: release recipe, two image passes incl. the TIC gray pass, plain
+and masked caption passes, colorization decoder, attribute head, CMPM + colorization + attribute
+losses, the official Adan with text lr x0.1 and no decay on 1-D leaves), for the JAX bench's `full` rows.
+
 Modes: eager (fp32 or bf16 autocast), channels_last (bf16 autocast, NHWC image tower), compile
 (torch.compile of model+loss, channels_last, bf16 autocast; backward compiled by AOTAutograd; the
 AdamW step stays eager/foreach). Per row: median of --steps steps each ended by a device sync,
@@ -14,6 +19,7 @@ compile/first-step seconds, peak allocated memory, FLOPs from torch.utils.flop_c
 step of the same model and batch), TFLOP/s and MFU.
   python bench/torch_reference.py --smoke            # tiny shapes on CPU; compile uses aot_eager
   python bench/torch_reference.py --rows compile:bf16:256,eager:bf16:128 --time-budget 150
+  python bench/torch_reference.py --rows full:eager:bf16:128,full:compile:bf16:128
 Writes bench/results/torch_reference-<date>-<card>[-smoke].json (or --out).
 """
 from __future__ import annotations
@@ -44,6 +50,7 @@ from plip_jax.data import synthetic  # noqa: E402  (numpy only)
 MEAN = (0.357, 0.323, 0.328)
 STD = (0.252, 0.242, 0.239)
 MODES = ("eager", "channels_last", "compile")
+WORKS = ("anchor", "full")
 DTYPES = ("fp32", "bf16")
 
 
@@ -71,11 +78,16 @@ class Sizes:
     text_heads: int = 12
     frozen_layers: int = 8
     max_length: int = 64
+    max_masked: int = 24          # the `full` work's masked positions and pretext-head sizes
+    fpn_dim: int = 256
+    iap_heads: int = 12
+    iap_mlp_dim: int = 3072
 
 
 PAPER = Sizes()
 SMOKE = Sizes(image_layers=(1, 1, 1, 1), image_width=16, image_heads=4, output_dim=64, input_size=(64, 32),
-              text_layers=2, text_hidden=64, text_heads=2, frozen_layers=1, max_length=16)
+              text_layers=2, text_hidden=64, text_heads=2, frozen_layers=1, max_length=16, max_masked=4,
+              fpn_dim=16, iap_heads=2, iap_mlp_dim=128)
 
 
 def cmpm_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, ids: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -126,6 +138,59 @@ class AnchorTorch(nn.Module):
         return cmpm_loss(image_emb, text_emb, ids)
 
 
+# The JAX bench's full-objective losses (bench/train_step.py LOSS_CFG).
+FULL_LOSS_CFG = {"weights": {"ivlc": 1.0, "tic": 0.02, "iap": 0.1}, "cmpm_eps": 1e-8, "cosine_logits": False,
+                 "tic_reduction": "sum_sq"}
+
+
+class FullTorch(nn.Module):
+    """The PyTorch twin of the JAX PLIP step (release recipe); forward(**batch) returns the weighted loss."""
+
+    def __init__(self, s: Sizes) -> None:
+        super().__init__()
+        from tests.reference import torch_plip
+
+        self._plip = torch_plip
+        text = dict(hidden_size=s.text_hidden, num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
+                    intermediate_size=4 * s.text_hidden)
+        self.twin = torch_plip.TorchPLIP(
+            text, image_layers=s.image_layers, image_width=s.image_width, image_heads=s.image_heads,
+            output_dim=s.output_dim, input_size=s.input_size, recipe="release",
+            frozen_text_layers=s.frozen_layers, fpn_dim=s.fpn_dim, iap_heads=s.iap_heads, iap_mlp_dim=s.iap_mlp_dim)
+        for name, p in self.twin.text.named_parameters():
+            m = re.match(r"encoder\.layer\.(\d+)\.", name)
+            if name.startswith("embeddings.") or (m and int(m.group(1)) < s.frozen_layers):
+                p.requires_grad_(False)
+        self.channels_last = False
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        out = self.twin(batch)
+        with torch.autocast(device_type=batch["image"].device.type, enabled=False):
+            out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+            return self._plip.compute_losses(out, batch, FULL_LOSS_CFG)[0]
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The paper's Adan (tests/reference/torch_adan.py): text lr x0.1, no decay on 1-D leaves."""
+        from tests.reference.torch_adan import Adan
+
+        groups: dict[tuple[float, float], list] = {}
+        for name, p in self.twin.named_parameters():
+            if p.requires_grad:
+                key = (0.1 if name.startswith("text.") else 1.0, 0.02 if p.ndim > 1 else 0.0)
+                groups.setdefault(key, []).append(p)
+        return Adan([{"params": ps, "lr": 2e-3 * mult, "weight_decay": wd} for (mult, wd), ps in groups.items()],
+                    lr=2e-3, betas=(0.98, 0.92, 0.99), eps=1e-8)
+
+
+def full_device_batches(s: Sizes, batch: int, vocab: int, device: torch.device, n: int = 2) -> list[dict]:
+    """Every key of a training batch (masked captions, positions, labels) as device tensors."""
+    out = []
+    for i in range(n):
+        b = synthetic.synthetic_batch(batch, s.input_size, s.max_length, s.max_masked, vocab_size=vocab, seed=i)
+        out.append({k: torch.from_numpy(v).to(device) for k, v in b.items()})
+    return out
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -158,20 +223,25 @@ def count_flops(model: AnchorTorch, batch: dict, dtype: str, device: torch.devic
 
 
 def run_row(mode: str, dtype: str, batch: int, s: Sizes, steps: int, warmup: int, device: torch.device,
-            compile_backend: str) -> dict[str, Any]:
-    """Build, warm up and time one (mode, dtype, batch) row."""
-    row: dict[str, Any] = {"work": "anchor", "impl": "torch", "mode": mode, "dtype": dtype, "batch": batch,
+            compile_backend: str, work: str = "anchor") -> dict[str, Any]:
+    """Build, warm up and time one (work, mode, dtype, batch) row."""
+    row: dict[str, Any] = {"work": work, "impl": "torch", "mode": mode, "dtype": dtype, "batch": batch,
                            "steps": steps, "warmup": warmup}
     torch.manual_seed(0)
     torch._dynamo.reset()
-    model = AnchorTorch(s).to(device).train()
+    model = (FullTorch(s) if work == "full" else AnchorTorch(s)).to(device).train()
+    image, text = (model.twin.image, model.twin.text) if work == "full" else (model.image, model.text)
     if mode in ("channels_last", "compile"):
         model.channels_last = True
-        model.image.to(memory_format=torch.channels_last)
-    row["attn_implementation"] = getattr(model.text.config, "_attn_implementation", None)
-    batches = device_batches(s, batch, model.text.config.vocab_size, device)
+        image.to(memory_format=torch.channels_last)
+    row["attn_implementation"] = getattr(text.config, "_attn_implementation", None)
+    make_batches = full_device_batches if work == "full" else device_batches
+    batches = make_batches(s, batch, text.config.vocab_size, device)
     row["flops_per_step"] = count_flops(model, batches[0], dtype, device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-2)
+    if work == "full":
+        opt = model.optimizer()
+    else:
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-2)
     fwd = torch.compile(model, backend=compile_backend, dynamic=False) if mode == "compile" else model
     use_bf16 = dtype == "bf16"
 
@@ -205,7 +275,7 @@ def run_row(mode: str, dtype: str, batch: int, s: Sizes, steps: int, warmup: int
     pipelined = (time.perf_counter() - t) / steps
     value = float(loss)
     if not np.isfinite(value):
-        raise FloatingPointError(f"torch {mode}/{dtype}/b{batch}: non-finite loss {value}")
+        raise FloatingPointError(f"torch {work}/{mode}/{dtype}/b{batch}: non-finite loss {value}")
     row.update(step_ms=round(1e3 * statistics.median(times), 3), step_ms_pipelined=round(1e3 * pipelined, 3),
                step_ms_min=round(1e3 * min(times), 3), loss=round(value, 4), status="ok")
     if device.type == "cuda":
@@ -214,16 +284,21 @@ def run_row(mode: str, dtype: str, batch: int, s: Sizes, steps: int, warmup: int
     return row
 
 
-def parse_rows(spec: str) -> list[tuple[str, str, int]]:
+def parse_rows(spec: str) -> list[tuple[str, str, str, int]]:
+    """'compile:bf16:256,full:eager:bf16:128' -> [(work, mode, dtype, batch), ...]; no work = anchor."""
     rows = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
+        fields = part.split(":")
+        if len(fields) == 3:
+            fields.insert(0, "anchor")
         try:
-            mode, dtype, batch = part.split(":")
-            rows.append((mode, dtype, int(batch)))
+            work, mode, dtype, batch = fields
+            rows.append((work, mode, dtype, int(batch)))
         except ValueError:
-            raise SystemExit(f"--rows entry {part!r} must be MODE:DTYPE:BATCH, e.g. compile:bf16:256") from None
-        if mode not in MODES or dtype not in DTYPES:
-            raise SystemExit(f"--rows entry {part!r}: mode in {MODES}, dtype in {DTYPES}")
+            raise SystemExit(f"--rows entry {part!r} must be [WORK:]MODE:DTYPE:BATCH, e.g. compile:bf16:256 "
+                             "or full:eager:bf16:128") from None
+        if work not in WORKS or mode not in MODES or dtype not in DTYPES:
+            raise SystemExit(f"--rows entry {part!r}: work in {WORKS}, mode in {MODES}, dtype in {DTYPES}")
     return rows
 
 
@@ -264,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                   "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
         notes = ["torch fp32 rows: PyTorch defaults (cuDNN convs may use TF32, matmuls full fp32).",
                  "compile = torch.compile(model+CMPM, dynamic=False) with channels_last and bf16 autocast; "
-                 "AdamW (foreach) step eager.", "compile_s = wall time of the first step (includes compilation)."]
+                 "AdamW (foreach) step eager.", "compile_s = wall time of the first step (includes compilation).",
+                 "full = tests/reference/torch_plip.py (release recipe, ivlc+tic+iap) with the official Adan "
+                 "(tests/reference/torch_adan.py, per-parameter loop)."]
         doc = common.make_result("torch_reference", dev, versions, rows, config, smoke=a.smoke, notes=notes)
         common.validate_result(doc)
         out = a.out or (common.RESULTS_DIR /
@@ -274,15 +351,15 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     rows = []
-    for mode, dtype, batch in plan:
-        base = {"work": "anchor", "impl": "torch", "mode": mode, "dtype": dtype, "batch": batch,
+    for work, mode, dtype, batch in plan:
+        base = {"work": work, "impl": "torch", "mode": mode, "dtype": dtype, "batch": batch,
                 "steps": steps, "warmup": warmup}
         if a.time_budget and time.perf_counter() - start > a.time_budget:
             rows.append(common.finish_row({**base, "status": "skipped: time budget"}, kind))
             continue
-        print(f"[torch_reference] {mode} {dtype} b{batch} ...", flush=True)
+        print(f"[torch_reference] {work} {mode} {dtype} b{batch} ...", flush=True)
         try:
-            row = run_row(mode, dtype, batch, s, steps, warmup, device, backend)
+            row = run_row(mode, dtype, batch, s, steps, warmup, device, backend, work)
         except Exception as e:  # e.g. out of memory or a compile failure: record it, keep going
             row = {**base, "status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
         finally:

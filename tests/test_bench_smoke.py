@@ -58,6 +58,14 @@ def test_torch_reference_smoke(tmp_path: Path) -> None:
         assert r["impl"] == "torch" and r["flops_per_step"] > 0
 
 
+def test_torch_reference_full_objective_smoke(tmp_path: Path) -> None:
+    """The `full` work: the PyTorch twin of the whole PLIP step (tests/reference/torch_plip.py) + Adan."""
+    doc = _run(["bench/torch_reference.py", "--smoke", "--rows", "full:eager:fp32:4"], tmp_path / "full.json")
+    (row,) = doc["rows"]
+    assert row["status"] == "ok", row
+    assert row["work"] == "full" and row["mode"] == "eager" and row["flops_per_step"] > 0
+
+
 def test_merge_and_ratio() -> None:
     """The merged GPU file takes the best (a) rows of each side; no subprocess."""
     def row(**kw):
