@@ -32,6 +32,8 @@ def _fail(msg: str) -> None:
 def main(argv) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # "Unable to initialize backend 'tpu'" and the like: INFO records of JAX's backend probe.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     if FLAGS.debug:
         os.environ["PLIP_DEBUG"] = "1"
     import jax
