@@ -51,6 +51,31 @@ def fault_cause(e: BaseException, limit: int = 300) -> str:
     return type(e).__name__
 
 
+def _drop_abandoned_reads() -> None:
+    """After a failed restore, Orbax's other shard reads of that step are coroutines that never
+    finish; when the garbage collector drops them Python prints each one's error ('Exception
+    ignored in: <coroutine ... _read_array_index_and_device_put>') with TensorStore's whole spec,
+    hundreds of lines after our one-line report. Drop exactly those (PLIP_DEBUG keeps them)."""
+    import gc
+
+    if os.environ.get("PLIP_DEBUG", "") not in ("", "0"):
+        return
+    previous = sys.unraisablehook
+    if getattr(previous, "_plip_drops_abandoned_reads", False):
+        gc.collect()
+        return
+
+    def hook(unraisable) -> None:
+        where = f"{getattr(unraisable, 'object', '')!r} {getattr(unraisable, 'err_msg', '') or ''}"
+        if "_read_array_index_and_device_put" in where or "orbax" in where:
+            return
+        previous(unraisable)
+
+    hook._plip_drops_abandoned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    gc.collect()
+
+
 def os_error_text(e: BaseException) -> str:
     """'[Errno 28] No space left on device' from an OSError or TensorStore's os_error_code."""
     for c in _chain(e):
@@ -249,10 +274,13 @@ class Checkpointer:
             return None
         failed: list[tuple[int, str]] = []
         for step in steps:
+            # Installed before the attempt: a failing restore can drop its coroutines while it unwinds.
+            _drop_abandoned_reads()
             try:
                 state, config, data_state = self.restore(abstract_state, step)
             except Exception as e:  # noqa: BLE001 - truncated files, missing items, wrong shapes, ...
                 failed.append((step, fault_cause(e, 200)))
+                _drop_abandoned_reads()
                 continue
             self._tidy(failed, step)
             return state, config, data_state, step
