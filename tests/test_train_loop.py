@@ -136,4 +136,9 @@ def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
     assert 5 in c and all(k in c[5] for k in ("loss", "loss_ivlc"))
     _ok(_main(one, "steps=5,recipe=release"))
     d = _losses(one)
-    assert abs(c[5]["loss"] - d[5]["loss"]) <= 1e-5 * max(1.0, abs(d[5]["loss"]))
+    # Two steps after the resume the float noise of the two-process sums has grown (measured
+    # 2026-12-01: 5e-5 relative at step 4, 1.2e-4 at step 5, ~2.5x a step, from <1e-5 at step 3);
+    # a wrong stream position would feed another batch, whose loss differs by percents (steps 4
+    # and 5 of one run: 28.86 vs 30.83), so 1e-3 still tells the two apart.
+    for step in (4, 5):
+        assert abs(c[step]["loss"] - d[step]["loss"]) <= 1e-3 * max(1.0, abs(d[step]["loss"])), (step, c[step], d[step])
