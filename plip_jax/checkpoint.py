@@ -25,6 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from plip_jax.cli import human_bytes
+
 STATE, CONFIG, DATA = "state", "config", "data"
 CORRUPT = "corrupt"  # not a step name: Orbax's step listing and find_checkpoint skip it
 
@@ -88,12 +90,6 @@ def os_error_text(e: BaseException) -> str:
     return fault_cause(e)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def _disk_usage(path: Any):
@@ -111,7 +107,7 @@ def _disk_usage(path: Any):
 
 def free_space_text(path: Any) -> str:
     u = _disk_usage(path)
-    return "free space unknown" if u is None else f"{_human(u.free)} free of {_human(u.total)}"
+    return "free space unknown" if u is None else f"{human_bytes(u.free)} free of {human_bytes(u.total)}"
 
 
 def _warn(msg: str) -> None:
@@ -219,8 +215,8 @@ class Checkpointer:
         copies = max(int(self.max_to_keep or 1), 1)
         u = _disk_usage(self.directory)
         if u is not None and nbytes and u.free < copies * nbytes:
-            _warn(f"{self.directory} has {_human(u.free)} free but {copies} checkpoints (keep_checkpoints) "
-                  f"of this {_human(nbytes)} state need {_human(copies * nbytes)}; saves may fail")
+            _warn(f"{self.directory} has {human_bytes(u.free)} free but {copies} checkpoints (keep_checkpoints) "
+                  f"of this {human_bytes(nbytes)} state need {human_bytes(copies * nbytes)}; saves may fail")
 
     def save(self, step: int, state: Any, config: dict, data_state: Any = None, force: bool = True) -> bool:
         """Save now (async for the arrays). `data_state` is the iterator's JSON-able state.

@@ -28,12 +28,21 @@ def is_out_of_memory(e: BaseException) -> bool:
     return bool(names & {"XlaRuntimeError", "JaxRuntimeError"}) and "RESOURCE_EXHAUSTED" in str(e)
 
 
+def human_bytes(n: float) -> str:
+    """'512 bytes', '3.2 GiB': a byte count for a one-line message (binary units)."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def oom_message(e: BaseException, batch_size: int | None = None, batch_key: str = "config.data.batch_size") -> str:
     """One line: what ran out, at which batch size, and which flags to lower."""
     text = " ".join(str(e).split())
     m = re.search(r"allocat\w*\s+([\d.]+)\s*(bytes|[KMGT]?i?B)\b", text, re.IGNORECASE)
     if m:
-        size = _human(float(m.group(1))) if m.group(2).lower() == "bytes" else f"{m.group(1)} {m.group(2)}"
+        size = human_bytes(float(m.group(1))) if m.group(2).lower() == "bytes" else f"{m.group(1)} {m.group(2)}"
         what = f"XLA could not allocate {size}"
     else:
         what = "XLA: RESOURCE_EXHAUSTED"
@@ -42,12 +51,6 @@ def oom_message(e: BaseException, batch_size: int | None = None, batch_key: str 
             f"--config.optim.grad_accum_steps to keep the effective batch)")
 
 
-def _human(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def one_line(e: BaseException) -> str:
