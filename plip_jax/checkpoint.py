@@ -53,11 +53,19 @@ def fault_cause(e: BaseException, limit: int = 300) -> str:
     return type(e).__name__
 
 
+def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
+    """asyncio log filter: False for a never-retrieved exception of a checkpoint read."""
+    msg = record.getMessage()
+    return not ("exception was never retrieved" in msg
+                and any(w in msg for w in ("orbax", "OCDBT", "TensorStore")))
+
+
 def _drop_abandoned_reads() -> None:
-    """After a failed restore, Orbax's other shard reads of that step are coroutines that never
-    finish; when the garbage collector drops them Python prints each one's error ('Exception
-    ignored in: <coroutine ... _read_array_index_and_device_put>') with TensorStore's whole spec,
-    hundreds of lines after our one-line report. Drop exactly those (PLIP_DEBUG keeps them)."""
+    """After a failed restore, Orbax's other shard reads of that step are coroutines and tasks that
+    never finish; when they are dropped Python prints each one's error ('Exception ignored in:
+    <coroutine ... _read_array_index_and_device_put>', or asyncio's 'Task exception was never
+    retrieved') with TensorStore's whole spec, hundreds of lines after our one-line report. Drop
+    exactly those (PLIP_DEBUG keeps them)."""
     import gc
 
     if os.environ.get("PLIP_DEBUG", "") not in ("", "0"):
@@ -75,6 +83,9 @@ def _drop_abandoned_reads() -> None:
 
     hook._plip_drops_abandoned_reads = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    # The same reads as asyncio tasks and futures: "Task/Future exception was never retrieved"
+    # records (Orbax's async_deserialize, TensorStore's OCDBT reads), logged when the loop drops them.
+    logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
     gc.collect()
 
 
