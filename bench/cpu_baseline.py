@@ -29,14 +29,17 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.pretrain import get_config  # noqa: E402
-from plip_jax import optim, sharding, state as state_lib, train_step  # noqa: E402
+from plip_jax.core import optim, sharding
+from plip_jax.core import state as state_lib
 from plip_jax.data import synthetic  # noqa: E402
+from plip_jax.losses.total import active_tasks  # noqa: E402
 from plip_jax.models.plip import build_model  # noqa: E402
-from plip_jax.text_tower import resolve  # noqa: E402
+from plip_jax.models.text_tower import resolve  # noqa: E402
+from plip_jax.trainers import pretrain_step as train_step  # noqa: E402
 
 
 def create_state_compat(model, tx, example_batch: dict, seed: int, mesh):
-    """plip_jax.state.create_state across its two signatures (int `seed` now, a PRNG key before)."""
+    """plip_jax.core.state.create_state across its two signatures (int `seed` now, a PRNG key before)."""
     import inspect
 
     params = list(inspect.signature(state_lib.create_state).parameters)
@@ -49,7 +52,7 @@ def time_mini_step(steps: int, warmup: int, batch: int | None) -> dict[str, Any]
     cfg = get_config("mini")
     b = int(batch or cfg.data.batch_size)
     text_cfg, _ = resolve(cfg.model.text.init)
-    tasks = train_step.active_tasks(dict(cfg.losses.weights))
+    tasks = active_tasks(dict(cfg.losses.weights))
     model = build_model(cfg.model, text_cfg, tasks)
     mesh = sharding.make_mesh()
     size = tuple(cfg.model.image.input_size)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import common  # noqa: E402  (bench/common.py)
+
 from plip_jax.data import masking, pipeline, transforms  # noqa: E402
 from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
 

@@ -19,10 +19,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import plip_jax  # noqa: E402
-from configs import pretrain  # noqa: E402
-from plip_jax import data_setup  # noqa: E402
-from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
+from plip_jax.config_parts import config_module
+
+pretrain  # noqa: E402 = config_module(Path(__file__).resolve().parents[1] / "configs" / "pretrain  # noqa: E402.py")
 from mini_nn_check import nn_accuracy  # noqa: E402  (bench/mini_nn_check.py)
+
+from plip_jax.data import sources as data_setup  # noqa: E402
+from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
 
 SLOTS = ("gender", "head", "upper", "lower", "shoes", "others")
 

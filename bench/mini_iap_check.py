@@ -19,8 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import plip_jax  # noqa: E402
-from plip_jax import checkpoint as ckpt_lib, data_setup, sharding as shd, text_tower  # noqa: E402
+from plip_jax.convert import text_weights  # noqa: E402
+from plip_jax.core import checkpoint as ckpt_lib
+from plip_jax.core import sharding as shd
+from plip_jax.data import sources as data_setup
 from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
+from plip_jax.models import text_tower  # noqa: E402
 from plip_jax.models.bert import Bert  # noqa: E402
 
 
@@ -57,7 +61,7 @@ def main(workdir: str) -> None:
     ln = {k: np.asarray(v) for k, v in variables["params"]["iap"]["resblocks_0"]["ln_1"].items()}
     fused = layer_norm(run_states + image[:, None, :], ln["scale"], ln["bias"])
     shipped_cfg, folder = text_tower.resolve("minilm")
-    shipped, _ = text_tower.load_params(folder)
+    shipped, _ = text_weights.load_params(folder)
     shipped_states = np.asarray(Bert(shipped_cfg).apply({"params": shipped}, ids, mask, deterministic=True)[0])
     print(f"{workdir}: one training batch, {int((w > 0).sum())} masked tokens; "
           f"mean cosine between the masked positions of a caption:")

@@ -15,9 +15,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import plip_jax  # noqa: E402
-from configs import pretrain  # noqa: E402
-from plip_jax import data_setup, text_tower  # noqa: E402
+from plip_jax.config_parts import config_module
+
+pretrain  # noqa: E402 = config_module(Path(__file__).resolve().parents[1] / "configs" / "pretrain  # noqa: E402.py")
+from plip_jax.convert import text_weights  # noqa: E402
+from plip_jax.data import sources as data_setup
 from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
+from plip_jax.models import text_tower  # noqa: E402
 from plip_jax.models.bert import Bert, masked_mean  # noqa: E402
 
 
@@ -35,7 +39,7 @@ def main(workdir: str, data_dir: str) -> None:
     val = data_setup.open_eval(c, load_tokenizer(max_length=c.data.max_length), "val")
     cap_ids, img_ids = np.asarray(val["caption_ids"]), np.asarray(val["image_ids"])
     cfg, folder = text_tower.resolve("minilm")
-    params, _ = text_tower.load_params(folder)
+    params, _ = text_weights.load_params(folder)
     bert = Bert(cfg)
     enc = jax.jit(lambda i, a: masked_mean(bert.apply({"params": params}, i, a, deterministic=True)[0], a))
     raw = np.concatenate([np.asarray(enc(val["input_ids"][s:s + 64], val["attention_mask"][s:s + 64]))

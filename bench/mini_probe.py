@@ -8,22 +8,35 @@ MODE: official (raw-norm CMPM logits) | raw (cosine x SCALE) | center (cosine of
 caption mean: a probe of centring only, it peeks at val statistics) | proj (learned text projection).
 NL: MiniLM layers kept; B: batch; LR: AdamW lr; W: ResNet width. Used for the numbers in README.
 """
-import sys, os, time, numpy as np, jax, jax.numpy as jnp, optax
+import os
+import sys
+import time
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs import pretrain
-from plip_jax import data_setup, text_tower
+from plip_jax.config_parts import config_module
+
+pretrain = config_module(Path(__file__).resolve().parents[1] / "configs" / "pretrain.py")
+from plip_jax.convert import text_weights
+from plip_jax.data import sources as data_setup
 from plip_jax.data import transforms
 from plip_jax.data.tokenizer import load_tokenizer
+from plip_jax.losses.cmpm import cmpm_loss
+from plip_jax.models import text_tower
 from plip_jax.models.bert import Bert, masked_mean
 from plip_jax.models.resnet import ModifiedResNet
-from plip_jax.losses.cmpm import cmpm_loss
+
 MODE = os.environ.get("MODE", "official"); SCALE = float(os.environ.get("SCALE", 20)); STEPS = int(os.environ.get("STEPS", 200))
 LR = float(os.environ.get("LR", 2e-3)); NL = int(os.environ.get("NL", 3)); W = int(os.environ.get("W", 16))
 c = pretrain.get_config("mini"); c.data.data_dir = os.environ.get("DATA", "/tmp/pd"); c.data.batch_size = int(os.environ.get("B", 64))
 tok = load_tokenizer()
 cfg, folder = text_tower.resolve("minilm", num_layers=NL)
-tparams, _ = text_tower.load_params(folder, NL)
+tparams, _ = text_weights.load_params(folder, NL)
 bert = Bert(cfg)
 temb = jax.jit(lambda i, a: masked_mean(bert.apply({"params": tparams}, i, a, deterministic=True)[0], a))
 val = data_setup.open_eval(c, tok, "val")

@@ -20,11 +20,17 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs import pretrain  # noqa: E402
-from plip_jax import data_setup, optim, state as state_lib, text_tower  # noqa: E402
+from plip_jax.config_parts import config_module
+
+pretrain  # noqa: E402 = config_module(Path(__file__).resolve().parents[1] / "configs" / "pretrain  # noqa: E402.py")
+from plip_jax.core import optim
+from plip_jax.core import state as state_lib
+from plip_jax.data import sources as data_setup
 from plip_jax.data import synthetic  # noqa: E402
+from plip_jax.losses.total import active_tasks
+from plip_jax.models import text_tower  # noqa: E402
 from plip_jax.models.plip import build_model  # noqa: E402
-from plip_jax.train_step import active_tasks, make_train_step  # noqa: E402
+from plip_jax.trainers.pretrain_step import make_train_step  # noqa: E402
 
 VARIANTS = {
     "mini": {},

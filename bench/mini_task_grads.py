@@ -20,10 +20,13 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from plip_jax import checkpoint as ckpt_lib, data_setup, sharding as shd, text_tower  # noqa: E402
+from plip_jax.core import checkpoint as ckpt_lib
+from plip_jax.core import sharding as shd
+from plip_jax.data import sources as data_setup
 from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
+from plip_jax.models import text_tower  # noqa: E402
 from plip_jax.models.plip import build_model  # noqa: E402
-from plip_jax.train_step import compute_losses  # noqa: E402
+from plip_jax.trainers.pretrain_step import compute_losses  # noqa: E402
 
 GROUPS = (("image stem+layer1-3", r"image/(conv|bn|layer[123])"), ("image layer4", r"image/layer4"),
           ("image pool/proj", r"image/(attnpool|proj|fc|pool)"), ("text (trained)", r"text/"),

@@ -67,7 +67,8 @@ class RehearsalError(RuntimeError):
 # Config -------------------------------------------------------------------------------------------
 def load_config(overrides: dict[str, Any]):
     """configs/pretrain.py:rehearsal with dotted-key overrides (the same ones the CLI gets)."""
-    from configs import pretrain
+    from plip_jax.config_parts import config_module
+    pretrain = config_module(Path(__file__).resolve().parents[1] / "configs" / "pretrain.py")
 
     c = pretrain.get_config("rehearsal")
     for key, value in overrides.items():
@@ -270,10 +271,15 @@ def build_setup(config) -> SimpleNamespace:
     import jax
     import optax
 
-    from plip_jax import data_setup, optim, sharding as shd, state as state_lib, text_tower
+    from plip_jax.core import optim
+    from plip_jax.core import sharding as shd
+    from plip_jax.core import state as state_lib
+    from plip_jax.data import sources as data_setup
     from plip_jax.data.tokenizer import load_tokenizer
+    from plip_jax.losses.total import active_tasks
+    from plip_jax.models import text_tower
     from plip_jax.models.plip import build_model
-    from plip_jax.train_step import active_tasks, jit_train_step, make_train_step
+    from plip_jax.trainers.pretrain_step import jit_train_step, make_train_step
 
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     bsh = shd.batch_sharding(mesh)
@@ -298,7 +304,7 @@ def build_setup(config) -> SimpleNamespace:
 
 def part_data(config, args) -> dict:
     """Build (or find) the procedural dataset of the config, timed."""
-    from plip_jax import data_setup
+    from plip_jax.data import sources as data_setup
     from tfds_synth_pedes import build as tb
 
     t0 = time.perf_counter()
@@ -327,7 +333,7 @@ def checkpoint_timing(s: SimpleNamespace, workdir: Path, copy_dir: Path) -> dict
     """Restore the run's step-KILL_STEP checkpoint (timed), save it again synchronously (timed)."""
     import jax
 
-    from plip_jax import checkpoint as ckpt_lib
+    from plip_jax.core import checkpoint as ckpt_lib
 
     src = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=3, async_save=False)
     t0 = time.perf_counter()
@@ -357,8 +363,9 @@ def loss_probe(config, s: SimpleNamespace, workdir: Path) -> dict:
     import jax
     import numpy as np
 
-    from plip_jax import checkpoint as ckpt_lib, state as state_lib
-    from plip_jax.train import load_text_weights
+    from plip_jax.core import checkpoint as ckpt_lib
+    from plip_jax.core import state as state_lib
+    from plip_jax.trainers.pretrain import load_text_weights
 
     s.data.restore(None, 0)
     batches = [s.data.next_global(s.bsh) for _ in range(PROBE_BATCHES)]
@@ -459,9 +466,9 @@ def torch_compare(config, workdir: str, pth: str) -> dict:
     import torch
     import transformers
 
-    from plip_jax import data_setup
     from plip_jax.api import from_pretrained
     from plip_jax.convert.torch_io import IMG_KEY, TEXT_PREFIX, TXT_KEY, read_arch_json
+    from plip_jax.data import sources as data_setup
     from tests.reference.torch_resnet import ModifiedResNet as TorchResNet
 
     m = from_pretrained(workdir)
@@ -632,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.part:
         if args.cache:
-            from plip_jax import compile_cache
+            from plip_jax.core import compile_cache
 
             compile_cache.enable(args.cache)
         out = PARTS[args.part](load_config(json.loads(args.overrides)), args)

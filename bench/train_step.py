@@ -5,7 +5,7 @@ Two kinds of work, each for several batch sizes in fp32 and bf16 (bf16 compute, 
           with embeddings and layers 0-7 frozen, CMPM loss, AdamW. Gradients and optimizer state
           exist only for the trainable parameters (the frozen ones are a separate, undonated input).
   full    the full PLIP objective with the real model and step: plip_jax.models.plip.PLIP (two image
-          and two text passes, CMPM + colorization + attribute heads) and plip_jax.train_step.
+          and two text passes, CMPM + colorization + attribute heads) and plip_jax.trainers.pretrain_step.
 Batches come from plip_jax.data.synthetic and sit on the device before timing. Per row: compile
 seconds, then warm-up, then the median of --steps steps each ended by block_until_ready (samples/s
 and step ms come from it), plus the same steps dispatched back to back with one sync at the end
@@ -46,15 +46,18 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import traverse_util  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
-from plip_jax import optim, sharding, state as state_lib, train_step  # noqa: E402
+from plip_jax.core import optim, sharding
+from plip_jax.core import state as state_lib
 from plip_jax.data import synthetic, transforms  # noqa: E402
 from plip_jax.losses.cmpm import cmpm_loss  # noqa: E402
 from plip_jax.models.bert import Bert, BertConfig  # noqa: E402
 from plip_jax.models.plip import PLIP  # noqa: E402
 from plip_jax.models.resnet import ModifiedResNet  # noqa: E402
-from plip_jax.text_tower import resolve  # noqa: E402
+from plip_jax.models.text_tower import resolve  # noqa: E402
+from plip_jax.trainers import pretrain_step as train_step  # noqa: E402
 
 FORBIDDEN = ("tensorflow", "tensorflow_datasets", "grain", "ml_collections")
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -70,7 +73,7 @@ class Sizes:
     image_heads: int = 8
     output_dim: int = 768
     input_size: tuple[int, int] = (256, 128)
-    text: str = "random:bert-base"   # plip_jax.text_tower.resolve name (random init either way)
+    text: str = "random:bert-base"   # plip_jax.models.text_tower.resolve name (random init either way)
     frozen_layers: int = 8
     max_length: int = 64
     max_masked: int = 24
@@ -208,7 +211,7 @@ def _device_peak_gib() -> float | None:
 
 
 def create_state_compat(model, tx, example_batch: dict, seed: int, mesh):
-    """plip_jax.state.create_state across its two signatures (int `seed` now, a PRNG key before)."""
+    """plip_jax.core.state.create_state across its two signatures (int `seed` now, a PRNG key before)."""
     import inspect
 
     params = list(inspect.signature(state_lib.create_state).parameters)

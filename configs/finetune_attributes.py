@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
-from configs.finetune_text_reid import base_config
+from plip_jax import config_parts as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = common.parse_arg(arg, mini=False, dataset="pa100k", few_shot=1.0, steps=0, batch=0)
-    c = base_config("finetune_attributes", a)
+    c = common.finetune_base("finetune_attributes", a)
     c.data.batch_size = a.batch or 64
     c.data.flip, c.data.pad_crop = True, True
     c.data.test_split = "test"

@@ -4,20 +4,19 @@ identity CE + batch-hard triplet, P x K batches), Market-1501 evaluation protoco
     python -m plip_jax.main --config configs/finetune_image_reid.py:dataset=market1501 --workdir W \
         --config.init_checkpoint=PLIP_RN50.pth.tar --config.data.data_dir=D
 Arguments: dataset (market1501 | dukemtmc | synth_pedes), mini (procedural images with their camera
-ids; test split -> query/gallery by camera, see plip_jax.finetune_data.split_query_gallery),
+ids; test split -> query/gallery by camera, see plip_jax.data.downstream.split_query_gallery),
 few_shot, steps, batch. No --config.init_checkpoint = from-scratch baseline.
 """
 from __future__ import annotations
 
 import ml_collections
 
-from configs import common
-from configs.finetune_text_reid import base_config
+from plip_jax import config_parts as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = common.parse_arg(arg, mini=False, dataset="market1501", few_shot=1.0, steps=0, batch=0)
-    c = base_config("finetune_image_reid", a)
+    c = common.finetune_base("finetune_image_reid", a)
     c.data.batch_size = a.batch or 64                  # P=16 identities x K=4 images
     c.data.k_images = 4
     c.data.flip, c.data.pad_crop, c.data.random_erasing = True, True, True

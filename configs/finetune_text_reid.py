@@ -13,49 +13,12 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from configs import common, pretrain
-
-
-def base_config(mode: str, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Fields every fine-tuning config has (the paper-scale model; `mini` shrinks it)."""
-    c = ml_collections.ConfigDict()
-    c.mode = mode
-    c.seed = 0
-    c.init_checkpoint = config_dict.placeholder(str)   # workdir / Orbax step dir / official .pth.tar
-    c.few_shot = float(a.few_shot)                     # fraction of training identities used
-    c.model = common.model_config("release")           # architecture of the from-scratch baseline
-    c.model.text.frozen_layers = 0                     # all BERT layers trainable downstream
-    c.optim = common.optim_config()
-    c.data = common.data_config()
-    c.data.name = a.dataset
-    c.data.config = "procedural" if a.dataset == "synth_pedes" else "default"
-    c.data.workers = 0
-    c.data.threads = 2                                 # image-only loaders: decode threads
-    c.train = ml_collections.ConfigDict(dict(epochs=30.0, steps=0, log_every=20, eval_batch_size=128,
-                                             eval_max_items=0))
-    if a.mini:
-        mini = pretrain.get_config("mini")
-        c.model = mini.model
-        c.data.name, c.data.config = "synth_pedes", "procedural"
-        c.data.max_length = mini.data.max_length
-        c.data.batch_size = 32
-        c.optim.name = "adamw"
-        c.optim.scale_lr_by_batch = False
-        c.optim.weight_decay = 1e-4
-        c.optim.schedule = "cosine"
-        c.optim.warmup_epochs = 0.0
-        c.optim.frozen = ()
-        c.train.log_every = 10
-    if a.steps:
-        c.train.steps = a.steps
-    if a.batch:
-        c.data.batch_size = a.batch
-    return c
+from plip_jax import config_parts as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = common.parse_arg(arg, mini=False, dataset="cuhk_pedes", few_shot=1.0, eval_dataset="", steps=0, batch=0)
-    c = base_config("finetune_text_reid", a)
+    c = common.finetune_base("finetune_text_reid", a)
     c.data.batch_size = 128                            # 4 GPUs x 32
     c.data.sampler = "caption"                         # one caption per sample
     c.optim.name = "adan"

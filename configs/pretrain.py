@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from configs import common
+from plip_jax import config_parts as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,12 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # caption pass feeds 4 image samples) and IAP's masked caption pass runs on every 4th
         # sample (README "Embedded default" has the measurements behind both). The recipe is the
         # default paper_v2 unless `recipe=` or `release` says otherwise.
-        c.model.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(64, 32),
-                             pool=config_dict.placeholder(str))
-        c.model.text = dict(init="minilm", frozen_layers=5, mask_padding=True, dropout=None,
-                            num_layers=config_dict.placeholder(int))
-        c.model.tic.fpn_dim = 16
-        c.model.iap = dict(fusion="add", num_layers=1, heads=6, mlp_dim=768, sample_stride=4)
+        c.model = common.mini_model(a.recipe)
         c.optim.name = "adamw"
         c.optim.lr = 2e-3
         c.optim.scale_lr_by_batch = False
@@ -63,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optim.lr_multipliers = ((r"^text/.*", 0.1),)
         c.data.config = "procedural"
         c.data.batch_size = 32
-        c.data.max_length = 48
+        c.data.max_length = common.MINI_MAX_LENGTH
         c.data.max_masked = 6
         c.data.images_per_caption = 4
         c.data.workers = 0

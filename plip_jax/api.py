@@ -2,7 +2,7 @@
 
 Loads official `.pth.tar`/`.safetensors` checkpoints (via the converter), folders written by
 `PLIPModel.save_pretrained` / `python -m plip_jax.convert from-torch`, and Orbax workdirs or step
-dirs (via `plip_jax.checkpoint.restore_for_inference`). Preprocessing is the official inference's
+dirs (via `plip_jax.core.checkpoint.restore_for_inference`). Preprocessing is the official inference's
 (DESIGN decision 10): PIL bicubic resize to the model's input size, then mean/std normalisation.
 """
 from __future__ import annotations
@@ -19,8 +19,15 @@ from flax import traverse_util
 from PIL import Image
 
 from plip_jax.convert.mapping import ConversionError, torch_to_flax
-from plip_jax.convert.torch_io import (MAX_LENGTH, MEAN, STD, TEXT_PREFIX, CheckpointError,
-                                       infer_architecture, load_official)
+from plip_jax.convert.torch_io import (
+    MAX_LENGTH,
+    MEAN,
+    STD,
+    TEXT_PREFIX,
+    CheckpointError,
+    infer_architecture,
+    load_official,
+)
 from plip_jax.data.tokenizer import Tokenizer, load_tokenizer
 
 RECIPES = ("release", "paper_v2")
@@ -37,8 +44,7 @@ class PLIPModel:
 
     def __init__(self, config: Mapping[str, Any], variables: Mapping[str, Any],
                  tokenizer: Tokenizer | None = None):
-        from plip_jax.models.bert import Bert, BertConfig
-        from plip_jax.models.resnet import ModifiedResNet
+        from plip_jax.models.build import image_encoder, text_encoder
 
         self.config = _complete_config(dict(config))
         img = self.config["image"]
@@ -49,32 +55,18 @@ class PLIPModel:
         self.variables = jax.device_put(
             {"params": {"image": params["image"], "text": params["text"]},
              "batch_stats": {"image": variables.get("batch_stats", {}).get("image", {})}})
-        self.image_model = ModifiedResNet(
-            layers=tuple(img["layers"]), width=int(img["width"]), heads=int(img["heads"]),
-            output_dim=int(img["output_dim"]), input_size=tuple(img["input_size"]), pool=img["pool"])
+        self.image_model = image_encoder(img)
         has_pooler = "pooler" in params["text"]
         if self.config["recipe"] == "release" and not has_pooler:
             raise CheckpointError("recipe 'release' uses the BERT pooler, but the text weights have none; "
                                   "use recipe='paper_v2'")
-        self.text_model = Bert(BertConfig.from_dict(dict(self.config["text"])), add_pooler=has_pooler)
+        self.text_model = text_encoder(self.config["text"], pooler=has_pooler)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             max_length=int(self.config["max_length"]))
-        mean = jnp.asarray(self.config["mean"], jnp.float32)
-        std = jnp.asarray(self.config["std"], jnp.float32)
-        recipe = self.config["recipe"]
+        from plip_jax.evals.embed import Embedder
 
-        def image_fn(v, x):
-            x = (x.astype(jnp.float32) / 255.0 - mean) / std
-            return self.image_model.apply(v, x, train=False)[0]
-
-        def text_fn(v, ids, mask):
-            from plip_jax.models.plip import text_global
-
-            last, pooled = self.text_model.apply(v, ids, mask, deterministic=True)
-            return text_global(last, pooled, mask, recipe).astype(jnp.float32)
-
-        self._image_fn = jax.jit(image_fn)
-        self._text_fn = jax.jit(text_fn)
+        self._embedder = Embedder.for_encoders(self.image_model, self.text_model, self.config["recipe"],
+                                               mean=self.config["mean"], std=self.config["std"])
 
     # Properties ------------------------------------------------------------------------------
     @property
@@ -85,13 +77,6 @@ class PLIPModel:
     @property
     def recipe(self) -> str:
         return self.config["recipe"]
-
-    def _image_vars(self) -> dict:
-        return {"params": self.variables["params"]["image"],
-                "batch_stats": self.variables["batch_stats"]["image"]}
-
-    def _text_vars(self) -> dict:
-        return {"params": self.variables["params"]["text"]}
 
     # Preprocessing ---------------------------------------------------------------------------
     def preprocess_images(self, images: ImagesLike) -> np.ndarray:
@@ -117,15 +102,18 @@ class PLIPModel:
     def encode_images(self, images: ImagesLike, batch_size: int = 64) -> np.ndarray:
         """Global image embeddings (N, D) float32 (not normalised) in eval mode."""
         x = self.preprocess_images(images)
-        return _batched(lambda b: self._image_fn(self._image_vars(), b), [x], batch_size)
+        if len(x) == 0:
+            raise ValueError("nothing to encode: got 0 images")
+        return self._embedder.images(self.variables, x, batch_size=batch_size)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Global caption embeddings (N, D) float32: pooler (release) or masked mean (paper_v2)."""
         if isinstance(texts, str):
             raise TypeError("encode_texts takes a list of strings, not a single string")
+        if len(texts) == 0:
+            raise ValueError("nothing to encode: got 0 texts")
         tok = self.tokenizer(list(texts), max_length=int(self.config["max_length"]))
-        return _batched(lambda ids, mask: self._text_fn(self._text_vars(), ids, mask),
-                        [tok["input_ids"], tok["attention_mask"]], batch_size)
+        return self._embedder.texts(self.variables, tok["input_ids"], tok["attention_mask"], batch_size=batch_size)
 
     # Saving ----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
@@ -170,24 +158,6 @@ def _to_pil(item: Any, i: int) -> Image.Image:
     raise TypeError(f"image {i}: expected a path, PIL image or uint8 array, got {type(item).__name__}")
 
 
-def _batched(fn, arrays: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """Run `fn` over fixed-size batches (the last one padded) so jit compiles once per size."""
-    n = len(arrays[0])
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    bs = min(batch_size, n)
-    if n == 0:
-        raise ValueError("nothing to encode: got 0 inputs")
-    outs = []
-    for start in range(0, n, bs):
-        chunk = [a[start:start + bs] for a in arrays]
-        k = len(chunk[0])
-        if k < bs:
-            chunk = [np.concatenate([c, np.zeros((bs - k, *c.shape[1:]), c.dtype)]) for c in chunk]
-        outs.append(np.asarray(jax.device_get(fn(*chunk)), np.float32)[:k])
-    return np.concatenate(outs)
-
-
 def _complete_config(cfg: dict) -> dict:
     """Fill defaults (mean/std/max_length/pool/recipe) and validate the architecture dict."""
     if "image" not in cfg or "text" not in cfg:
@@ -213,16 +183,13 @@ def _complete_config(cfg: dict) -> dict:
 
 def _templates(config: dict, text_pooler: bool = True) -> tuple[dict, dict]:
     """Shape trees of the image and text towers (no compute, no memory)."""
-    from plip_jax.models.bert import Bert, BertConfig
-    from plip_jax.models.resnet import ModifiedResNet
+    from plip_jax.models.build import image_encoder, text_encoder
 
     img = config["image"]
-    model = ModifiedResNet(layers=tuple(img["layers"]), width=int(img["width"]), heads=int(img["heads"]),
-                           output_dim=int(img["output_dim"]), input_size=tuple(img["input_size"]),
-                           pool=img["pool"])
+    model = image_encoder(img)
     h, w = img["input_size"]
     image_t = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, h, w, 3), jnp.float32))
-    bert = Bert(BertConfig.from_dict(dict(config["text"])), add_pooler=text_pooler)
+    bert = text_encoder(config["text"], pooler=text_pooler)
     ids = jnp.zeros((1, 4), jnp.int32)
     text_t = jax.eval_shape(bert.init, jax.random.key(0), ids, jnp.ones((1, 4), jnp.int32))
     return dict(image_t), dict(text_t)
@@ -307,7 +274,7 @@ def _text_config_from_train(model_cfg: Mapping) -> dict:
     for key in ("text_config", "bert_config"):
         if isinstance(model_cfg.get(key), Mapping):
             return dict(model_cfg[key])
-    from plip_jax import text_tower
+    from plip_jax.models import text_tower
 
     text = model_cfg.get("text") or {}
     init = text.get("init", "bert-base") if isinstance(text, Mapping) else "bert-base"
@@ -316,7 +283,7 @@ def _text_config_from_train(model_cfg: Mapping) -> dict:
 
 def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
     """Load the image and text towers of an Orbax workdir / step dir written by training."""
-    from plip_jax import checkpoint
+    from plip_jax.core import checkpoint
 
     variables, cfg = checkpoint.restore_for_inference(path)
     if "image" in cfg and "text" in cfg:

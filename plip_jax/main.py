@@ -1,6 +1,6 @@
 """Command line: `python -m plip_jax.main --config configs/pretrain.py[:mini] --workdir DIR
 [--config.key=value ...] [--debug]`. The config's `mode` picks pre-training, evaluation or
-fine-tuning. One run per workdir (WORKDIR/run.lock); known faults end in one line (plip_jax.cli)."""
+fine-tuning. One run per workdir (WORKDIR/run.lock); known faults end in one line (plip_jax.core.cli)."""
 from __future__ import annotations
 
 import contextlib
@@ -38,10 +38,10 @@ def main(argv) -> None:
         os.environ["PLIP_DEBUG"] = "1"
     import jax
 
-    from plip_jax import distributed
+    from plip_jax.core import distributed
 
     distributed.maybe_initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    from plip_jax import compile_cache
+    from plip_jax.core import compile_cache
 
     compile_cache.enable(FLAGS.compile_cache)
     config = _CONFIG.value
@@ -51,7 +51,7 @@ def main(argv) -> None:
     workdir = FLAGS.workdir or config.get("workdir", None)
     if not workdir:
         _fail("--workdir is required")
-    from plip_jax.workdir_lock import WorkdirLock
+    from plip_jax.core.workdir_lock import WorkdirLock
 
     # Multi-host: process 0 holds the lock for the run.
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
@@ -67,15 +67,15 @@ def main(argv) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     with lock:
         if mode == "pretrain":
-            from plip_jax.train import train_and_evaluate
+            from plip_jax.trainers.pretrain import train_and_evaluate
 
             train_and_evaluate(config, workdir)
         elif mode == "eval_text_reid":
-            from plip_jax.evaluate import run as run_eval
+            from plip_jax.trainers.evaluate import run as run_eval
 
             run_eval(config, workdir)
         elif mode.startswith("finetune"):
-            from plip_jax.finetune import run as run_finetune
+            from plip_jax.trainers.finetune import run as run_finetune
 
             run_finetune(config, workdir)
         else:
@@ -96,10 +96,10 @@ def _batch_size() -> tuple[str, int] | None:
 
 def run(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from plip_jax.checkpoint import CheckpointError
-    from plip_jax.cli import run_cli
-    from plip_jax.train import NonFiniteLoss
-    from plip_jax.workdir_lock import WorkdirLocked
+    from plip_jax.core.checkpoint import CheckpointError
+    from plip_jax.core.cli import run_cli
+    from plip_jax.core.errors import NonFiniteLoss
+    from plip_jax.core.workdir_lock import WorkdirLocked
 
     # ConfigError and the data errors are ValueErrors; missing files are OSErrors.
     return run_cli(lambda args: app.run(main, argv=[sys.argv[0], *args]), argv,

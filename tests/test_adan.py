@@ -1,4 +1,4 @@
-"""plip_jax.adan (the official sail-sg Adan as an optax transform) against an independent PyTorch
+"""plip_jax.core.adan (the official sail-sg Adan as an optax transform) against an independent PyTorch
 implementation (tests/reference/torch_adan.py), why optax.adan is not used, and the config path."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import optax
 import pytest
 import torch
 
-from configs import common
-from plip_jax import optim
-from plip_jax.adan import adan
-from plip_jax.utils import flatten_names
+from plip_jax import config_parts as common
+from plip_jax.core import optim
+from plip_jax.core.adan import adan
+from plip_jax.core.tree import flatten_names
 from tests.reference.torch_adan import Adan as TorchAdan
 
 SHAPES = {"scalar": (1,), "vec": (7,), "mat": (5, 3), "conv": (3, 3, 4, 2)}

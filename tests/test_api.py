@@ -131,7 +131,7 @@ def test_architecture_is_inferred_without_json(official, tmp_path):
 
 
 def test_orbax_workdir_loads_encoders(model, tmp_path):
-    from plip_jax import checkpoint
+    from plip_jax.core import checkpoint
     from plip_jax.models.bert import Bert, BertConfig
 
     cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=128)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from tiny import config_file
 
-from configs import pretrain
+pretrain = config_file("pretrain")
 
 
 def test_pretrain_recipes():

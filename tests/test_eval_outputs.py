@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from plip_jax.evals.embed import text_reid_eval
 from plip_jax.evals.retrieval import retrieval_metrics
+from plip_jax.evals.tasks import text_reid_eval
 
 
 class _FixedEmbedder:
@@ -44,7 +44,7 @@ def test_text_reid_eval_returns_both_maps_from_one_ranking():
 
 
 def test_pretraining_table_prints_both_map_columns(capsys):
-    from plip_jax.train import print_table
+    from plip_jax.core.metrics import print_table
 
     split, img, txt = _split_and_embeddings()
     m = retrieval_metrics(txt, img, split["caption_ids"], split["image_ids"])
@@ -58,7 +58,7 @@ def test_pretraining_table_prints_both_map_columns(capsys):
 
 
 def test_finetune_table_and_eval_json_carry_both(tmp_path, capsys):
-    from plip_jax import finetune
+    from plip_jax.trainers import finetune
 
     split, img, txt = _split_and_embeddings(1)
     m = retrieval_metrics(txt, img, split["caption_ids"], split["image_ids"])
@@ -72,9 +72,11 @@ def test_finetune_table_and_eval_json_carry_both(tmp_path, capsys):
 
 
 def test_a_config_that_still_sets_ap_fails_clearly(tmp_path):
-    from configs import eval_text_reid, finetune_text_reid
-    from plip_jax import evaluate, finetune
-    from plip_jax.train import ConfigError
+    from tiny import config_file
+    eval_text_reid = config_file("eval_text_reid")
+    finetune_text_reid = config_file("finetune_text_reid")
+    from plip_jax.core.errors import ConfigError
+    from plip_jax.trainers import evaluate, finetune
 
     c = eval_text_reid.get_config()
     assert "ap" not in c

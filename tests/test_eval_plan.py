@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny import config_file
 
-from configs import pretrain
-from plip_jax import data_setup
+pretrain = config_file("pretrain")
+from plip_jax.data import sources as data_setup
 from plip_jax.data.tokenizer import load_tokenizer
 from tests.fixtures.pedes import make_entries, write_dataset
 from tfds_synth_pedes import build as tb
@@ -107,7 +108,7 @@ def test_eval_plan_test_only_fallback_and_nothing_to_evaluate(tmp_path):
     assert plan.message.startswith("no evaluation: synth_pedes/full has no 'val' / 'test' split")
     assert "cuhk_pedes" in plan.message and "--param num_val_ids=N" in plan.message
     with pytest.raises(DatasetError, match=r"synth_pedes/full has no split 'test' \(it has \['train'\]\)"):
-        data_setup.open_source(_config(data).data, "test")  # e.g. plip_jax.evaluate on it: one line
+        data_setup.open_source(_config(data).data, "test")  # e.g. plip_jax.trainers.evaluate on it: one line
     # ICFG-PEDES has no val split: periodic evaluation runs on its test split.
     tb.build("icfg_pedes", None, data, manual_dir=write_dataset(tmp_path / "icfg", "icfg_pedes"))
     plan = data_setup.eval_plan(_config(data))

@@ -16,12 +16,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, subprocess_env
-from plip_jax import checkpoint as ckpt_lib
-from plip_jax.checkpoint import Checkpointer, CheckpointError
-from plip_jax.cli import oom_message, run_cli
-from plip_jax.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLocked
+
+from plip_jax.core import checkpoint as ckpt_lib
+from plip_jax.core.checkpoint import Checkpointer, CheckpointError
+from plip_jax.core.cli import oom_message, run_cli
+from plip_jax.core.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLocked
 
 MAIN = [sys.executable, "-m", "plip_jax.main"]
 
@@ -174,7 +174,7 @@ def _check_save_error(msg: str, directory: Path, step: int, kept: int) -> None:
 
 
 # Orbax's leftover callbacks after the failed write find their loop closed (pytest reports that
-# 'Exception ignored'; outside pytest plip_jax.checkpoint drops exactly this noise).
+# 'Exception ignored'; outside pytest plip_jax.core.checkpoint drops exactly this noise).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("async_save", [False, True])
 def test_full_tmpfs_save_fails_in_one_line_and_older_checkpoint_restores(tmpfs, capsys, async_save):
@@ -349,7 +349,7 @@ def test_main_debug_flag_shows_traceback(tmp_path):
 
 
 def test_evaluate_module_points_to_main():
-    p = _run(["plip_jax.evaluate"])
+    p = _run(["plip_jax.trainers.evaluate"])
     err = _err_lines(p)
     assert p.returncode == 2 and len(err) == 1
     assert "python -m plip_jax.main --config configs/eval_text_reid.py" in err[0]

@@ -12,8 +12,11 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import json, sys
     import ml_collections
-    from configs import finetune_text_reid, finetune_image_reid, finetune_attributes
-    from plip_jax import finetune
+    from tiny import config_file
+    finetune_text_reid = config_file("finetune_text_reid")
+    finetune_image_reid = config_file("finetune_image_reid")
+    finetune_attributes = config_file("finetune_attributes")
+    from plip_jax.trainers import finetune
 
     task, workdir, data_dir, init = sys.argv[1:5]
     mod = {"text_reid": finetune_text_reid, "image_reid": finetune_image_reid,
@@ -60,9 +63,11 @@ def test_three_tasks_end_to_end(tmp_path: Path, run_in_subprocess):
 
 
 def test_config_errors(tmp_path: Path):
-    from configs import finetune_image_reid, finetune_text_reid
-    from plip_jax import finetune
-    from plip_jax.train import ConfigError
+    from tiny import config_file
+    finetune_image_reid = config_file("finetune_image_reid")
+    finetune_text_reid = config_file("finetune_text_reid")
+    from plip_jax.core.errors import ConfigError
+    from plip_jax.trainers import finetune
 
     c = finetune_text_reid.get_config("mini,few_shot=0.0")
     with pytest.raises(ConfigError, match="few_shot"):

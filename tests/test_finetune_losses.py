@@ -7,10 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plip_jax import finetune_data as fd
+from plip_jax.data import downstream as fd
 from plip_jax.losses.cmpm import cmpc_loss
-from plip_jax.losses.reid import (attribute_pos_weights, batch_hard_mining, label_smoothing_ce,
-                                  pairwise_distances, triplet_loss, weighted_bce)
+from plip_jax.losses.reid import (
+    attribute_pos_weights,
+    batch_hard_mining,
+    label_smoothing_ce,
+    pairwise_distances,
+    triplet_loss,
+    weighted_bce,
+)
 from plip_jax.models.reid_heads import AttributeClassifier, BNNeck, CMPCClassifier
 
 

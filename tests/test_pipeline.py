@@ -385,6 +385,7 @@ TFDS_PARAMS = dict(num_identities=8, images_per_identity=2, num_val_ids=2, num_t
 @pytest.mark.parametrize("skip_decoding", [False, True])
 def test_tfds_procedural_source_through_pipeline(tok, tfds_dir, skip_decoding):
     import tensorflow_datasets as tfds
+
     from tfds_synth_pedes import build
 
     builder = build.get_builder("synth_pedes", "procedural", tfds_dir, **TFDS_PARAMS)

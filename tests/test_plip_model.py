@@ -7,8 +7,10 @@ import functools
 import jax
 import numpy as np
 
-from plip_jax import data_setup, state as state_lib, text_tower
+from plip_jax.core import state as state_lib
+from plip_jax.data import sources as data_setup
 from plip_jax.data import transforms
+from plip_jax.models import text_tower
 from plip_jax.models.plip import build_model
 from tests.tiny import tiny_config
 
@@ -60,7 +62,7 @@ def test_embedder_length_buckets_match_full_length():
     ids = rng.integers(5, 100, (n, length)).astype(np.int32) * mask
     for recipe in ("release", "paper_v2"):  # BERT pooler (token 0) and masked mean
         c, text_cfg, _, variables = _setup(recipe, ("ivlc",))
-        emb = Embedder(build_model(c.model, text_cfg, tasks=("ivlc",)), batch_size=8)
+        emb = Embedder.for_plip(build_model(c.model, text_cfg, tasks=("ivlc",)), batch_size=8)
         bucketed = emb.texts(variables, ids, mask)
         full = emb.texts(variables, ids, mask, bucket=0)
         assert bucketed.shape == (n, text_cfg.hidden_size)
@@ -95,7 +97,7 @@ def test_iap_stride_and_several_images_per_caption():
     import pytest
 
     from plip_jax.data import synthetic
-    from plip_jax.train_step import compute_losses
+    from plip_jax.trainers.pretrain_step import compute_losses
 
     c, text_cfg, _, variables = _setup()
     c = c.copy_and_resolve_references()

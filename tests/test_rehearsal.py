@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, subprocess_env
 
 pytest.importorskip("torch")
@@ -76,8 +75,9 @@ def test_cut_down_rehearsal(rehearsal):
 
 
 def test_rehearsal_config_is_the_paper_model_with_a_named_random_tower():
-    from configs import pretrain
-    from plip_jax.train import validate_config
+    from tiny import config_file
+    pretrain = config_file("pretrain")
+    from plip_jax.trainers.pretrain import validate_config
     from tfds_synth_pedes.synth_pedes import make_config
 
     paper, c = pretrain.get_config(), pretrain.get_config("rehearsal")
@@ -100,7 +100,7 @@ def test_compile_clock_counts_compiles_and_step_window_excludes_spans():
     import jax
     import jax.numpy as jnp
 
-    from plip_jax import timing
+    from plip_jax.core import timing
 
     clock = timing.CompileClock()
     window = timing.StepWindow(clock)

@@ -1,4 +1,4 @@
-"""plip_jax.report: metrics parsing and loss curves (fast), and (slow) the whole report of a tiny
+"""plip_jax.tools.report: metrics parsing and loss curves (fast), and (slow) the whole report of a tiny
 procedural run: loss curves, retrieval with true matches, colorization and attribute predictions."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plip_jax import report as R
+from plip_jax.tools import report as R
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""plip_jax.search: folder indexing with a refreshing cache, unreadable files skipped and counted,
+"""plip_jax.tools.search: folder indexing with a refreshing cache, unreadable files skipped and counted,
 cosine ranking equal to the public API's embeddings, the CLI's table and picture, and (slow) a
 trained tiny run whose top-1 image for an identity's caption is of that identity."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plip_jax import search as S
+from plip_jax.tools import search as S
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, subprocess_env
 from test_bert import hf, randomize_biases_and_norms, torch_forward  # noqa: F401 (hf: fixture)
 from tiny import tiny_bert_dir
 
-from plip_jax import text_tower
+from plip_jax.convert import text_weights
+from plip_jax.models import text_tower
 from plip_jax.models.bert import Bert
 
 FLAG = "--config.model.text.init=/path/to/bert-base-uncased"
@@ -48,7 +48,7 @@ def _snapshot(cache: Path, repo: str, rev: str, weights: bool = True) -> Path:
 
 # Where the weights come from --------------------------------------------------------------------
 def test_default_is_found_in_the_hf_cache_only(empty_hf, tmp_path, monkeypatch):
-    from configs import common
+    from plip_jax import config_parts as common
 
     assert common.model_config().text.init == text_tower.DEFAULT_INIT == "bert-base-uncased"
     with pytest.raises(text_tower.TextTowerError) as e:
@@ -111,9 +111,12 @@ def test_folders_and_names(empty_hf, tmp_path):
 
 # Random towers: only by name, never frozen ----------------------------------------------------
 def test_random_tower_with_frozen_layers_is_refused(empty_hf):
-    from configs import pretrain
-    from plip_jax.train import ConfigError, validate_config
+    from tiny import config_file
+    pretrain = config_file("pretrain")
     from tiny import tiny_config
+
+    from plip_jax.core.errors import ConfigError
+    from plip_jax.trainers.pretrain import validate_config
 
     c = pretrain.get_config()                      # the paper setting: frozen embeddings + layers 0-7
     with pytest.raises(ConfigError, match=re.escape(FLAG)):
@@ -133,9 +136,11 @@ def test_random_tower_with_frozen_layers_is_refused(empty_hf):
 
 
 def test_finetune_scratch_baseline_follows_the_same_rule(empty_hf, tmp_path):
-    from configs import finetune_image_reid, finetune_text_reid
-    from plip_jax import finetune
-    from plip_jax.train import ConfigError
+    from tiny import config_file
+    finetune_image_reid = config_file("finetune_image_reid")
+    finetune_text_reid = config_file("finetune_text_reid")
+    from plip_jax.core.errors import ConfigError
+    from plip_jax.trainers import finetune
 
     for mod in (finetune_text_reid, finetune_image_reid):
         c = mod.get_config()
@@ -219,12 +224,12 @@ def test_hf_checkpoint_variants_give_the_torch_outputs(tmp_path, pretraining_mod
     _write_variant(folder, model, hf_cfg, fmt, names, prefixed)
     cfg, found = text_tower.resolve(str(folder))
     assert found == folder
-    params, report = text_tower.load_params(found)
+    params, report = text_weights.load_params(found)
     assert report["source"].endswith("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin")
     assert report["initialized"] == []
     assert (report["renamed_gamma_beta"] > 0) == (names == "gamma_beta")
     assert any(k.startswith("cls.") for k in report["ignored"]) == prefixed
-    assert ("ignored" in text_tower.describe_load(report)) == prefixed
+    assert ("ignored" in text_weights.describe_load(report)) == prefixed
     rng = np.random.default_rng(1)
     ids = rng.integers(1, 101, (3, 12)).astype(np.int32)
     mask = np.ones_like(ids)

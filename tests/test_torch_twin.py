@@ -25,13 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from tiny import config_file
 
-from configs import pretrain
-from plip_jax import optim, text_tower
-from plip_jax import state as state_lib
+pretrain = config_file("pretrain")
+from plip_jax.core import optim
+from plip_jax.core import state as state_lib
 from plip_jax.data import synthetic
+from plip_jax.losses.total import active_tasks
+from plip_jax.models import text_tower
 from plip_jax.models.plip import build_model
-from plip_jax.train_step import active_tasks, make_train_step
+from plip_jax.trainers.pretrain_step import make_train_step
 from tests.reference import torch_plip
 
 STEPS = 3

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, subprocess_env
 
 MAIN = [sys.executable, "-m", "plip_jax.main"]

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import ml_collections
 
-from configs import pretrain
+from plip_jax.config_parts import config_module
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_file(name: str):
+    """configs/<name>.py as a module (config files are loaded by path, not imported as a package)."""
+    return config_module(CONFIGS / f"{name}.py")
+
+
+pretrain = config_file("pretrain")
 
 TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=128)

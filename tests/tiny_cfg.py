@@ -6,8 +6,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from configs.common import parse_arg  # noqa: E402
 from tiny import tiny_config  # noqa: E402
+
+from plip_jax.config_parts import parse_arg  # noqa: E402
 
 
 def get_config(arg=None):

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "num_cameras; both synth_pedes configs: num_val_ids, num_test_ids (held-out identities; "
                         "full: 0 + 0 by default, procedural: 200 + 200); synth_pedes full, cuhk_pedes, "
                         "icfg_pedes, rstp_reid: image_size=HxW (images stored resized to HxW at build)")
-    from plip_jax.cli import add_debug_flag
+    from plip_jax.core.cli import add_debug_flag
 
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         builder = build(args.name, args.config, args.data_dir, args.manual_dir, args.skip_bad, **_parse_params(args.param))
     except DatasetError as e:
-        from plip_jax.cli import reraise_if_debug
+        from plip_jax.core.cli import reraise_if_debug
 
         reraise_if_debug()
         print(f"error: {e.message}", file=sys.stderr)
@@ -159,6 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from plip_jax.cli import run_cli
+    from plip_jax.core.cli import run_cli
 
     sys.exit(run_cli(main))  # DatasetError is a ValueError: one line, exit 2

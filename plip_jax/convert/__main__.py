@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--image-heads", type=int, help="attention-pool heads when there is no FILE.json (default 8)")
     f.add_argument("--text-heads", type=int, help="BERT heads when there is no FILE.json (default hidden/64)")
     f.add_argument("--recipe", choices=("release", "paper_v2"), help="override the stored recipe")
-    from plip_jax.cli import add_debug_flag
+    from plip_jax.core.cli import add_debug_flag
 
     for p in (t, f):
         add_debug_flag(p)
@@ -86,7 +86,7 @@ def from_torch(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 on a conversion or input error)."""
-    from plip_jax.cli import reraise_if_debug
+    from plip_jax.core.cli import reraise_if_debug
 
     args = _parser().parse_args(argv)
     try:
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from plip_jax.checkpoint import CheckpointError as OrbaxCheckpointError
-    from plip_jax.cli import run_cli
+    from plip_jax.core.checkpoint import CheckpointError as OrbaxCheckpointError
+    from plip_jax.core.cli import run_cli
 
     sys.exit(run_cli(main, known=(OrbaxCheckpointError, CheckpointError, ConversionError, ImportError)))

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from plip_jax.evals.retrieval import (
+    GalleryIdIndex,
     RankingAccumulator,
     RankMethod,
     _as_embeddings,
     _as_ids,
     _check_common,
-    GalleryIdIndex,
     _similarity_blocks,
     compact,
     match_ranks,

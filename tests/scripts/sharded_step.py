@@ -14,10 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tiny import tiny_config  # noqa: E402
 
-from plip_jax import data_setup, optim, sharding as shd, state as state_lib, text_tower  # noqa: E402
+from plip_jax.core import optim
+from plip_jax.core import sharding as shd
+from plip_jax.core import state as state_lib
+from plip_jax.data import sources as data_setup
 from plip_jax.data import synthetic  # noqa: E402
+from plip_jax.losses.total import active_tasks
+from plip_jax.models import text_tower  # noqa: E402
 from plip_jax.models.plip import build_model  # noqa: E402
-from plip_jax.train_step import active_tasks, jit_train_step, make_train_step  # noqa: E402
+from plip_jax.trainers.pretrain_step import jit_train_step, make_train_step  # noqa: E402
 
 
 def run(devices, data: int, fsdp: int) -> dict:

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from plip_jax.cli import human_bytes
+from plip_jax.core.cli import human_bytes
 
 STATE, CONFIG, DATA = "state", "config", "data"
 CORRUPT = "corrupt"  # not a step name: Orbax's step listing and find_checkpoint skip it

@@ -1,6 +1,13 @@
-"""Shared config pieces: defaults every PLIP run has, and the `name=value,...` variant parser."""
+"""The shared pieces of the config files in configs/ (loaded by path, not installed): the defaults
+every PLIP run has, the mini's model, the fine-tunes' common fields, the `name=value,...` variant
+parser, and `load` / `config_module` to read a config file by path."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -106,3 +113,75 @@ def data_config() -> ml_collections.ConfigDict:
         mask_schedule="sqrt", mask_lower=0.2, mask_upper=0.8,
         tokenizer_dir=config_dict.placeholder(str),
     ))
+
+MINI_MAX_LENGTH = 48
+
+
+def mini_model(recipe: str = "paper_v2") -> ml_collections.ConfigDict:
+    """The embedded default's model, sized for 2 CPU cores: a 1-1-1-1 ResNet at 64x32 and the shipped
+    MiniLM-L6 (its last layer trained), small TIC/IAP heads (README "Embedded default")."""
+    m = model_config(recipe)
+    m.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(64, 32),
+                   pool=config_dict.placeholder(str))
+    m.text = dict(init="minilm", frozen_layers=5, mask_padding=True, dropout=None,
+                  num_layers=config_dict.placeholder(int))
+    m.tic.fpn_dim = 16
+    m.iap = dict(fusion="add", num_layers=1, heads=6, mlp_dim=768, sample_stride=4)
+    return m
+
+
+def finetune_base(mode: str, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fields every fine-tuning config has (the paper-scale model; `mini` shrinks it)."""
+    c = ml_collections.ConfigDict()
+    c.mode = mode
+    c.seed = 0
+    c.init_checkpoint = config_dict.placeholder(str)   # workdir / Orbax step dir / official .pth.tar
+    c.few_shot = float(a.few_shot)                     # fraction of training identities used
+    c.model = model_config("release")           # architecture of the from-scratch baseline
+    c.model.text.frozen_layers = 0                     # all BERT layers trainable downstream
+    c.optim = optim_config()
+    c.data = data_config()
+    c.data.name = a.dataset
+    c.data.config = "procedural" if a.dataset == "synth_pedes" else "default"
+    c.data.workers = 0
+    c.data.threads = 2                                 # image-only loaders: decode threads
+    c.train = ml_collections.ConfigDict(dict(epochs=30.0, steps=0, log_every=20, eval_batch_size=128,
+                                             eval_max_items=0))
+    if a.mini:
+        c.model = mini_model()
+        c.data.name, c.data.config = "synth_pedes", "procedural"
+        c.data.max_length = MINI_MAX_LENGTH
+        c.data.batch_size = 32
+        c.optim.name = "adamw"
+        c.optim.scale_lr_by_batch = False
+        c.optim.weight_decay = 1e-4
+        c.optim.schedule = "cosine"
+        c.optim.warmup_epochs = 0.0
+        c.optim.frozen = ()
+        c.train.log_every = 10
+    if a.steps:
+        c.train.steps = a.steps
+    if a.batch:
+        c.data.batch_size = a.batch
+    return c
+
+
+def config_module(path: str | os.PathLike) -> ModuleType:
+    """A config file imported by its path (configs/*.py are files, not an installed package)."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    name = f"plip_jax_config_{path.stem}_{abs(hash(str(path)))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`configs/pretrain.py:mini` -> that file's get_config('mini'), as `--config` reads it."""
+    path, _, arg = str(spec).partition(":")
+    return config_module(path).get_config(arg or None)

@@ -30,15 +30,21 @@ import ml_collections
 import numpy as np
 import optax
 
-from plip_jax import data_setup, finetune_data as fd, optim, sharding as shd, text_tower
+from plip_jax.convert import text_weights
+from plip_jax.core import optim
+from plip_jax.core import sharding as shd
+from plip_jax.core.errors import ConfigError
+from plip_jax.core.metrics import MetricWriter
+from plip_jax.data import downstream as fd
+from plip_jax.data import sources as data_setup
 from plip_jax.data import transforms
 from plip_jax.losses.cmpm import cmpc_loss, cmpm_loss
 from plip_jax.losses.reid import attribute_pos_weights, label_smoothing_ce, triplet_loss, weighted_bce
+from plip_jax.models import text_tower
 from plip_jax.models.bert import Bert, BertConfig
 from plip_jax.models.plip import image_pool, text_global
 from plip_jax.models.reid_heads import AttributeClassifier, BNNeck, CMPCClassifier
 from plip_jax.models.resnet import ModifiedResNet
-from plip_jax.train import ConfigError, MetricWriter
 
 log = logging.getLogger("plip_jax")
 MODES = ("finetune_text_reid", "finetune_image_reid", "finetune_attributes")
@@ -93,7 +99,7 @@ def load_backbone(config: ml_collections.ConfigDict, with_text: bool) -> Backbon
         # The text tower is kept even for image-only tasks, so every fine-tuned workdir loads
         # with `from_pretrained` (it is not trained there).
         if folder is not None:
-            variables["params"]["text"], _ = text_tower.load_params(folder, text_cfg.num_hidden_layers)
+            variables["params"]["text"], _ = text_weights.load_params(folder, text_cfg.num_hidden_layers)
         else:
             ids = jnp.zeros((1, 4), jnp.int32)
             variables["params"]["text"] = jax.jit(Bert(text_cfg).init)(key, ids, jnp.ones_like(ids))["params"]
@@ -193,7 +199,7 @@ def _total_steps(config, steps_per_epoch: int) -> int:
 def _save(workdir: Path, state: FTState, backbone: Backbone, config) -> None:
     """Final weights as an Orbax checkpoint whose config lets `from_pretrained(workdir)` load the
     fine-tuned encoders (heads are stored beside them)."""
-    from plip_jax.checkpoint import Checkpointer
+    from plip_jax.core.checkpoint import Checkpointer
 
     arch = backbone.arch
     cfg = {"model": {"image": arch["image"], "text_config": arch["text"], "recipe": arch["recipe"]},

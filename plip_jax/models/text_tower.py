@@ -172,35 +172,6 @@ def architecture(init: str, dropout: float | None = None, num_layers: int | None
     return _override(cfg, init, dropout, num_layers)
 
 
-def load_params(folder: Path, num_layers: int | None = None) -> tuple[dict, dict]:
-    """Flax params of a HF BERT folder, and the load report (ignored/initialised keys); with
-    `num_layers`, only encoder layers 0..num_layers-1 are kept (the rest are reported as dropped)."""
-    from plip_jax.convert.torch_io import load_hf_bert
-
-    _, params, report = load_hf_bert(folder)
-    if num_layers is not None:
-        layers = params["encoder"]["layer"]
-        dropped = sorted((k for k in layers if int(k) >= int(num_layers)), key=int)
-        params = {**params, "encoder": {**params["encoder"],
-                                        "layer": {k: v for k, v in layers.items() if int(k) < int(num_layers)}}}
-        report = {**report, "dropped_layers": dropped}
-    return params, report
-
-
-def describe_load(report: dict) -> str:
-    """One line saying where the text weights came from and what was skipped or initialised."""
-    parts = [f"text tower: {report['tensors']} tensors from {report['source']}"]
-    ignored = report.get("ignored", [])
-    if ignored:
-        heads = sorted({k.split(".")[0] + ".*" if k.startswith("cls.") else k for k in ignored})
-        parts.append(f"ignored {len(ignored)} ({', '.join(heads)})")
-    if report.get("initialized"):
-        parts.append(f"initialised {', '.join(report['initialized'])}")
-    if report.get("dropped_layers"):
-        parts.append(f"dropped layers {','.join(report['dropped_layers'])}")
-    return "; ".join(parts)
-
-
 def from_config(model_cfg) -> tuple[BertConfig, Path | None]:
     """The text tower of `config.model` (init source + optional dropout / num_layers overrides)."""
     text = model_cfg.text
@@ -218,8 +189,8 @@ def frozen_text_params(text_cfg: BertConfig, frozen: Sequence[str]) -> list[str]
     import jax
     import jax.numpy as jnp
 
+    from plip_jax.core.tree import flatten_names, matches_any
     from plip_jax.models.bert import Bert
-    from plip_jax.utils import flatten_names, matches_any
 
     if not frozen:
         return []

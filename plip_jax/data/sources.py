@@ -34,7 +34,7 @@ def data_dir(data_cfg) -> str:
 
 def validate(data_cfg) -> None:
     """Data config errors that can be told before anything is read."""
-    from plip_jax.train import ConfigError
+    from plip_jax.core.errors import ConfigError
 
     name = data_cfg.name
     if name != "synthetic" and name not in TFDS_NAMES:

@@ -4,15 +4,14 @@ per-group learning-rate multipliers and gradient accumulation. Groups are regexe
 '/'-joined parameter names."""
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import math
+from typing import Any, Callable
 
 import jax
 import optax
 
-from plip_jax import adan as adan_lib
-from plip_jax.utils import map_with_names, matches_any
+from plip_jax.core import adan as adan_lib
+from plip_jax.core.tree import map_with_names, matches_any
 
 FROZEN = "frozen"
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from plip_jax.utils import map_with_names
+from plip_jax.core.tree import map_with_names
 
 BATCH_AXES = ("data", "fsdp")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plip_jax.train import ConfigError, print_table
+from plip_jax.core.errors import ConfigError
+from plip_jax.core.metrics import print_table
 
 REMOVED_AP = ("config.ap was removed: every result has both mAP (IRRA, what text-ReID papers report) "
               "and mAP_official (the official PLIP trapezoid AP); drop the key from the config")
@@ -27,8 +28,8 @@ def _data_cfg(config):
 
 def run(config, workdir: str | Path) -> dict:
     """Evaluate `config.checkpoint` on `config.dataset`/`config.split`."""
-    from plip_jax import data_setup
     from plip_jax.api import from_pretrained
+    from plip_jax.data import sources as data_setup
     from plip_jax.data.pipeline import load_eval_split
     from plip_jax.evals.retrieval import retrieval_metrics
 
