@@ -68,6 +68,14 @@ class PLIPModel:
         self._embedder = Embedder.for_encoders(self.image_model, self.text_model, self.config["recipe"],
                                                mean=self.config["mean"], std=self.config["std"])
 
+    def embedder(self, batch_size: int = 64):
+        """The model's Embedder (plip_jax.evals.embed) at `batch_size`, for the task evaluators."""
+        import copy
+
+        e = copy.copy(self._embedder)   # shares the jitted encoders: no recompile
+        e.batch_size = int(batch_size)
+        return e
+
     # Properties ------------------------------------------------------------------------------
     @property
     def input_size(self) -> tuple[int, int]:

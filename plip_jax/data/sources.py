@@ -83,6 +83,41 @@ def open_source(data_cfg, split: str, decode_images: bool = True):
     return builder.as_data_source(split=split, decoders=decoders)
 
 
+def data_config(name: str, config: str | None = None, data_dir: str | None = None,
+                manual_dir: str | None = None, procedural: Any = None):
+    """The dataset fields every reader takes, from any config's spelling of them (`config.data`,
+    an eval config's `dataset*` keys, a fine-tune's `eval_data`); config None = 'procedural' for
+    synth_pedes, else 'default'."""
+    import ml_collections
+
+    procedural = procedural.to_dict() if hasattr(procedural, "to_dict") else dict(procedural or {})
+    return ml_collections.ConfigDict(dict(
+        name=name, config=config or ("procedural" if name == "synth_pedes" else "default"),
+        data_dir=data_dir, manual_dir=manual_dir, procedural=procedural))
+
+
+def open_split(data_cfg, split: str):
+    """A random-access source of any registered builder's split, images as encoded bytes (the
+    procedural SYNTH-PEDES is built on first use; other builders must be built already)."""
+    import tensorflow_datasets as tfds
+
+    from plip_jax.core.errors import ConfigError
+    from tfds_synth_pedes import build as tb
+
+    if data_cfg.name == "synth_pedes":
+        return open_source(data_cfg, split, decode_images=False)
+    if data_cfg.name not in tb.BUILDERS:
+        raise ConfigError(f"dataset {data_cfg.name!r} is not a builder; choose one of {sorted(tb.BUILDERS)}")
+    builder = (tb.build(data_cfg.name, data_cfg.config, data_dir(data_cfg), manual_dir=data_cfg.manual_dir)
+               if data_cfg.get("manual_dir") else tb.get_builder(data_cfg.name, data_cfg.config, data_dir(data_cfg)))
+    if not builder.is_prepared():
+        raise ConfigError(f"{data_cfg.name} is not built in {data_dir(data_cfg)}: run `python -m "
+                          f"tfds_synth_pedes.build {data_cfg.name} --data_dir DIR --manual_dir M` first")
+    if split not in builder.info.splits:
+        raise ConfigError(f"{data_cfg.name} has no split {split!r}; it has {list(builder.info.splits)}")
+    return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalPlan:
     """Where a run evaluates: `data` (a config.data-like dict; None = nowhere), the split for
