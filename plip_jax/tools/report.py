@@ -261,7 +261,7 @@ def retrieval_section(run: Run, ex: Examples, out: Path, num_queries: int, k: in
     """
     from plip_jax.evals.embed import Embedder
     from plip_jax.evals.retrieval import similarity_topk
-    from plip_jax.tools.search import Tile, draw_rows
+    from plip_jax.tools.drawing import Tile, draw_rows
 
     emb = Embedder.for_plip(run.model, batch_size=int(run.config.train.get("eval_batch_size", 64)))
     gal = emb.images(run.variables, ex.images)
@@ -304,7 +304,7 @@ def colorization_section(ex: Examples, outputs: dict[str, np.ndarray], out: Path
     import jax.numpy as jnp
 
     from plip_jax.data.transforms import gray_normalized
-    from plip_jax.tools.search import Tile, draw_rows
+    from plip_jax.tools.drawing import Tile, draw_rows
 
     gray = np.asarray(gray_normalized(jnp.asarray(ex.batch["image"])))
     pred, target = outputs["colour_pred"], outputs["target"]
