@@ -164,7 +164,8 @@ def run(cfg: LoopConfig, *, state: Any, step_fn: Callable, data: TrainData, batc
                     os._exit(3)
             if stop["signal"] is not None:
                 flush_pending()
-                save(step)
+                if ckpt.latest_step() != step:  # a SIGTERM at a checkpoint step: saved just above
+                    save(step)
                 ckpt.close()
                 if is_main:
                     print(f"\nSIGTERM: saved step {step} to {workdir / 'checkpoints'}; exiting.", flush=True)

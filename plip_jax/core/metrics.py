@@ -46,13 +46,17 @@ def host_metrics(metrics: dict) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
-def print_table(title: str, rows: dict[str, dict[str, float]]) -> str:
-    """A small paper-style table: one row per split, R@1/R@5/R@10/mAP (IRRA)/mAP_official (PLIP's
-    trapezoid)/mINP."""
-    cols = ["R1", "R5", "R10", "mAP", "mAP_official", "mINP"]
-    lines = [title, f"{'split':<10}" + "".join(f"{c:>{max(9, len(c) + 1)}}" for c in cols)]
+RETRIEVAL_COLUMNS = ("R1", "R5", "R10", "mAP", "mAP_official", "mINP")
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]], cols: tuple[str, ...] = RETRIEVAL_COLUMNS,
+                label: str = "split") -> str:
+    """A small paper-style table, one row per split (or model): by default R@1/R@5/R@10/mAP (IRRA)/
+    mAP_official (PLIP's trapezoid)/mINP; a fine-tune passes its task's columns."""
+    first = max([10, len(label) + 1] + [len(name) + 2 for name in rows])
+    lines = [title, f"{label:<{first}}" + "".join(f"{c:>{max(9, len(c) + 1)}}" for c in cols)]
     for name, m in rows.items():
-        lines.append(f"{name:<10}" + "".join(f"{m.get(c, float('nan')):>{max(9, len(c) + 1)}.2f}" for c in cols))
+        lines.append(f"{name:<{first}}" + "".join(f"{m.get(c, float('nan')):>{max(9, len(c) + 1)}.2f}" for c in cols))
     text = "\n".join(lines)
     print(text, flush=True)
     return text
