@@ -86,62 +86,105 @@ def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.
 
 
 class ImageBatches:
-    """Endless stream of augmented image batches {image, label, attribute_labels} over a source.
+    """Resumable stream of augmented image batches {image, label[, attribute_labels]} over a source.
 
-    `sampler` 'pk' (P x K identity batches) or 'shuffle'. Decoding runs on a thread pool, one batch
-    ahead. `labels` are the class indices of the records (identity classes or unused zeros).
+    Global batch (epoch, position) is a pure function of the seed: the sampler's epoch order ('pk':
+    P x K identity batches, 'shuffle': plain shuffled batches) and, for row j of that batch, the
+    augmentation rng (seed, epoch, position, j). Each process decodes only its contiguous rows of
+    the global batch, on a thread pool one batch ahead. `state()` is the (epoch, position) of the
+    next batch, so `restore()` resumes exactly, at any process count. `labels` are the class indices
+    of the records (identity classes, or unused zeros).
     """
 
     def __init__(self, source: Sequence[Mapping[str, Any]], indices: np.ndarray, labels: np.ndarray,
                  attributes: np.ndarray | None, image_size: tuple[int, int], batch_size: int,
-                 sampler: str, k: int, seed: int, aug: transforms.AugmentConfig, threads: int = 2):
+                 sampler: str, k: int, seed: int, aug: transforms.AugmentConfig, threads: int = 2,
+                 process_index: int = 0, process_count: int = 1):
         if sampler not in ("pk", "shuffle"):
             raise ValueError(f"sampler must be 'pk' or 'shuffle', got {sampler!r}")
         if sampler == "pk" and batch_size % k:
             raise ValueError(f"batch_size {batch_size} must be a multiple of K={k} for the P x K sampler")
+        if process_count < 1 or not 0 <= process_index < process_count or batch_size % process_count:
+            raise ValueError(f"batch_size {batch_size} must split evenly over {process_count} processes "
+                             f"(process {process_index})")
         self.source, self.indices, self.labels = source, np.asarray(indices), np.asarray(labels)
         self.attributes = attributes
         self.size, self.batch_size, self.sampler, self.k = tuple(image_size), batch_size, sampler, k
         self.seed, self.aug = seed, aug
+        self.local_batch = batch_size // process_count
+        self._rows = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
         self.pool = futures.ThreadPoolExecutor(max(1, threads))
-        self.epoch, self._queue, self._pending = 0, [], None
-        self.steps_per_epoch = len(self._epoch_batches(0))
+        self._orders: dict[int, list[np.ndarray]] = {}
+        self._next = (0, 0)                      # (epoch, position) of the batch next() returns
+        self._pending: tuple[tuple[int, int], tuple[np.ndarray, list[futures.Future]]] | None = None
+        self.steps_per_epoch = len(self._order(0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.indices)} training images give no full batch of {batch_size}")
 
-    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        if self.sampler == "pk":
-            return pk_batches(self.labels, self.batch_size // self.k, self.k, self.seed, epoch)
-        return shuffled_batches(len(self.indices), self.batch_size, self.seed, epoch)
+    def _order(self, epoch: int) -> list[np.ndarray]:
+        """The global batches (record rows) of an epoch; the last two epochs are cached."""
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = (pk_batches(self.labels, self.batch_size // self.k, self.k, self.seed, epoch)
+                                   if self.sampler == "pk" else
+                                   shuffled_batches(len(self.indices), self.batch_size, self.seed, epoch))
+        return self._orders[epoch]
 
-    def _load(self, rows: np.ndarray, tag: int) -> dict[str, np.ndarray]:
+    def _after(self, epoch: int, pos: int) -> tuple[int, int]:
+        return (epoch, pos + 1) if pos + 1 < len(self._order(epoch)) else (epoch + 1, 0)
+
+    def _submit(self, epoch: int, pos: int) -> tuple[np.ndarray, list[futures.Future]]:
+        """This process's rows of global batch (epoch, pos) and their decodes, one task per image."""
+        first = self._rows.start
+        mine = self._order(epoch)[pos][self._rows]
+
         def one(j: int) -> np.ndarray:
-            rng = np.random.default_rng((self.seed, tag, j))
-            return transforms.load_train_image(self.source[int(self.indices[rows[j]])]["image"], self.size,
+            rng = np.random.default_rng((self.seed, epoch, pos, first + j))
+            return transforms.load_train_image(self.source[int(self.indices[mine[j]])]["image"], self.size,
                                                rng, self.aug)
-        images = list(self.pool.map(one, range(len(rows))))
-        out = {"image": np.stack(images), "label": self.labels[rows].astype(np.int32)}
+
+        return mine, [self.pool.submit(one, j) for j in range(len(mine))]
+
+    def next_local(self) -> dict[str, np.ndarray]:
+        """This process's rows of the next global batch."""
+        if self._pending is None or self._pending[0] != self._next:
+            self._pending = (self._next, self._submit(*self._next))
+        mine, images = self._pending[1]
+        self._next = self._after(*self._next)
+        self._pending = (self._next, self._submit(*self._next))
+        out = {"image": np.stack([f.result() for f in images]), "label": self.labels[mine].astype(np.int32)}
         if self.attributes is not None:
-            out["attribute_labels"] = self.attributes[rows].astype(np.int8)
+            out["attribute_labels"] = self.attributes[mine].astype(np.int8)
         return out
 
-    def _next_rows(self) -> tuple[np.ndarray, int]:
-        if not self._queue:
-            self._queue = list(reversed(self._epoch_batches(self.epoch)))
-            self._tag_base = self.epoch * 1_000_003
-            self.epoch += 1
-        rows = self._queue.pop()
-        return rows, self._tag_base + len(self._queue)
+    def next_global(self, sharding) -> dict:
+        """The next global batch as jax.Arrays (each process passes its own rows)."""
+        from plip_jax.data.pipeline import global_batch
+
+        return global_batch(self.next_local(), sharding)
+
+    def state(self) -> dict[str, int]:
+        epoch, pos = self._next
+        return {"epoch": int(epoch), "position": int(pos)}
+
+    def restore(self, state: Mapping[str, int] | None, step: int) -> None:
+        """Continue at a saved `state()`, else (None) at the batch `step` batches from the start."""
+        if state is not None:
+            self._next = (int(state["epoch"]), int(state["position"]))
+        else:
+            epoch = 0
+            while step >= len(self._order(epoch)):
+                step -= len(self._order(epoch))
+                epoch += 1
+            self._next = (epoch, int(step))
+        self._pending = None
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self._pending is None:
-            self._pending = self.pool.submit(self._load, *self._next_rows())
-        batch = self._pending.result()
-        self._pending = self.pool.submit(self._load, *self._next_rows())
-        return batch
+        return self.next_local()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
