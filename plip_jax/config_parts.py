@@ -145,8 +145,11 @@ def finetune_base(mode: str, a: ml_collections.ConfigDict) -> ml_collections.Con
     c.data.config = "procedural" if a.dataset == "synth_pedes" else "default"
     c.data.workers = 0
     c.data.threads = 2                                 # image-only loaders: decode threads
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
+    # ckpt_every: steps between checkpoints (0: only the last step); SIGTERM saves and exits too.
     c.train = ml_collections.ConfigDict(dict(epochs=30.0, steps=0, log_every=20, eval_batch_size=128,
-                                             eval_max_items=0))
+                                             eval_max_items=0, ckpt_every=1000, keep_checkpoints=2,
+                                             async_checkpoints=True))
     if a.mini:
         c.model = mini_model()
         c.data.name, c.data.config = "synth_pedes", "procedural"
@@ -159,6 +162,7 @@ def finetune_base(mode: str, a: ml_collections.ConfigDict) -> ml_collections.Con
         c.optim.warmup_epochs = 0.0
         c.optim.frozen = ()
         c.train.log_every = 10
+        c.train.ckpt_every = 50
     if a.steps:
         c.train.steps = a.steps
     if a.batch:

@@ -58,12 +58,12 @@ def test_pretraining_table_prints_both_map_columns(capsys):
 
 
 def test_finetune_table_and_eval_json_carry_both(tmp_path, capsys):
-    from plip_jax.trainers import finetune
+    from plip_jax.trainers.finetune import common
 
     split, img, txt = _split_and_embeddings(1)
     m = retrieval_metrics(txt, img, split["caption_ids"], split["image_ids"])
     cols = ["R1", "R5", "R10", "mAP", "mAP_official", "mINP"]
-    finetune._write_eval(tmp_path, {"finetuned": m, **{k: m[k] for k in cols}}, "T", {"fine-tuned": m}, cols)
+    common.write_eval(tmp_path, {"finetuned": m, **{k: m[k] for k in cols}}, "T", {"fine-tuned": m}, cols)
     header, row = capsys.readouterr().out.splitlines()[1:3]
     assert header.split() == cols and len(header) == len(row)
     assert float(row.split()[-2]) == pytest.approx(m["mAP_official"], abs=0.01)

@@ -11,28 +11,12 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import json, sys
-    import ml_collections
-    from tiny import config_file
-    finetune_text_reid = config_file("finetune_text_reid")
-    finetune_image_reid = config_file("finetune_image_reid")
-    finetune_attributes = config_file("finetune_attributes")
+    from tiny_finetune_cfg import tiny_finetune_config
     from plip_jax.trainers import finetune
 
     task, workdir, data_dir, init = sys.argv[1:5]
-    mod = {"text_reid": finetune_text_reid, "image_reid": finetune_image_reid,
-           "attributes": finetune_attributes}[task]
-    c = mod.get_config("mini,steps=2,batch=8")
-    c.model.image = dict(layers=(1, 1, 1, 1), width=8, heads=2, output_dim=32, input_size=(64, 32))
-    from tiny import tiny_bert_dir
-    c.model.text = dict(init=tiny_bert_dir(), frozen_layers=1, mask_padding=True, dropout=0.0)
-    c.data.max_length = 16
+    c = tiny_finetune_config(task, steps=2, batch=8)
     c.data.data_dir = data_dir
-    c.data.procedural = dict(num_identities=24, images_per_identity=2, num_val_ids=4, num_test_ids=6,
-                             image_height=64, image_width=32)
-    c.train.eval_batch_size = 16
-    c.train.log_every = 1
-    if task == "image_reid":
-        c.data.k_images = 2
     if init != "-":
         c.init_checkpoint = init
     r = finetune.run(c, workdir)
@@ -79,4 +63,13 @@ def test_config_errors(tmp_path: Path):
     c = finetune_image_reid.get_config("mini,batch=30")
     with pytest.raises(ConfigError, match="k_images"):
         finetune.run(c, tmp_path)
+    c = finetune_image_reid.get_config("mini")
+    c.mesh.fsdp = 3                                    # does not divide the device count
+    with pytest.raises(ConfigError, match="config.mesh.*fsdp=3"):
+        finetune.run(c, tmp_path)
+    c = finetune_image_reid.get_config("mini")
+    c.train.ckpt_every = -1
+    with pytest.raises(ConfigError, match="ckpt_every"):
+        finetune.run(c, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
     assert finetune_image_reid.get_config("dataset=market1501").data.query_split == "query"
