@@ -62,6 +62,11 @@ class TorchConv2d(nn.Module):
                             jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         h, w = x.shape[1:3]
+        if self.stride == 1 and k == 1:
+            # A 1x1 conv is a matmul over channels. As a dot its weight gradient is one GEMM over
+            # (N*H*W); as a convolution XLA:CPU transposes activations and gradients to channel-
+            # major for the backward-filter conv, ~45% of the ResNet-50 step (bench/NOTES.md).
+            return x @ kernel.reshape(x.shape[-1], self.features)
         if self.stride == 1 and k > 1 and min(h, w) < k:
             xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
             patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)],
