@@ -50,7 +50,7 @@ from plip_jax.data import synthetic  # noqa: E402  (numpy only)
 MEAN = (0.357, 0.323, 0.328)
 STD = (0.252, 0.242, 0.239)
 MODES = ("eager", "channels_last", "compile")
-WORKS = ("anchor", "full")
+WORKS = ("anchor", "full", "mini")  # mini: eager fp32 on CPU (bench/mini_work.py)
 DTYPES = ("fp32", "bf16")
 
 
@@ -227,6 +227,8 @@ def run_row(mode: str, dtype: str, batch: int, s: Sizes, steps: int, warmup: int
     """Build, warm up and time one (work, mode, dtype, batch) row."""
     row: dict[str, Any] = {"work": work, "impl": "torch", "mode": mode, "dtype": dtype, "batch": batch,
                            "steps": steps, "warmup": warmup}
+    if work == "mini":
+        return _run_mini_row(row, mode, dtype, batch, steps, warmup, device)
     torch.manual_seed(0)
     torch._dynamo.reset()
     model = (FullTorch(s) if work == "full" else AnchorTorch(s)).to(device).train()
@@ -281,6 +283,31 @@ def run_row(mode: str, dtype: str, batch: int, s: Sizes, steps: int, warmup: int
     if device.type == "cuda":
         row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
         row["peak_mem_source"] = "torch.cuda.max_memory_allocated"
+    return row
+
+
+def _run_mini_row(row: dict, mode: str, dtype: str, batch: int, steps: int, warmup: int,
+                  device: torch.device) -> dict[str, Any]:
+    """The embedded default's step (configs/pretrain.py:mini) in the twin, eager fp32 on CPU."""
+    import mini_work  # bench/mini_work.py
+
+    if (mode, dtype, device.type) != ("eager", "fp32", "cpu"):
+        raise ValueError("the mini work runs eager fp32 on CPU")
+    step, _ = mini_work.torch_step(batch)
+    t0 = time.perf_counter()
+    loss = step(0)
+    row["compile_s"] = round(time.perf_counter() - t0, 2)
+    for i in range(warmup):
+        loss = step(i + 1)
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        loss = step(i)
+        times.append(time.perf_counter() - t)
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"torch mini b{batch}: non-finite loss {loss}")
+    row.update(step_ms=round(1e3 * statistics.median(times), 3), step_ms_min=round(1e3 * min(times), 3),
+               loss=round(float(loss), 4), status="ok")
     return row
 
 

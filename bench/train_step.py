@@ -61,7 +61,7 @@ from plip_jax.trainers import pretrain_step as train_step  # noqa: E402
 
 FORBIDDEN = ("tensorflow", "tensorflow_datasets", "grain", "ml_collections")
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
-WORKS = ("anchor", "full")
+WORKS = ("anchor", "full", "mini")  # mini: CPU only (configs/pretrain.py:mini via bench/mini_work.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +242,12 @@ def build_row(work: str, dtype: str, batch: int, sizes: Sizes, full_optimizer: s
         args = (st, frozen, batches[0], rng)
         advance = lambda a, out, i: (out[0], a[1], batches[i % len(batches)], a[3])
         return fn, args, advance
+    if work == "mini":
+        if dtype != "fp32":
+            raise ValueError("the mini work is the embedded default's fp32 step")
+        import mini_work  # bench/mini_work.py: the trainer's own step of configs/pretrain.py:mini
+
+        return mini_work.jax_step(batch)
     if work == "full":
         model = PLIP(image_layers=sizes.image_layers, image_width=sizes.image_width, image_heads=sizes.image_heads,
                      output_dim=sizes.output_dim, input_size=sizes.input_size, text_config=text_cfg,
