@@ -63,10 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.images_per_caption = 4
         c.data.workers = 0
         c.train.epochs = 0.0
-        c.train.steps = 280
+        # 800 steps (~0.8 epoch of the default build): with the 1x1-conv-as-matmul step (issue 17)
+        # they fit the 10-minute budget with the build; test R@1 73.75 vs 42.65 at 280 (README).
+        c.train.steps = 800
         c.train.log_every = 10
         c.train.eval_every = 0
-        c.train.ckpt_every = 50
+        c.train.ckpt_every = 200
         c.train.eval_batch_size = 64
         # Test only at the end (the number the mini is judged by): validation would cost ~35 s of
         # the 10 minutes; `python -m plip_jax.main --config configs/eval_text_reid.py` gives it afterwards.
