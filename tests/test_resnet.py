@@ -273,3 +273,28 @@ def test_small_map_conv_equals_lax_conv(hw):
     g_ref = jax.grad(functools.partial(loss, theirs), argnums=(0, 1))(variables, x)
     for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_one_by_one_conv_is_the_lax_conv():
+    """TorchConv2d's 1x1 path (x @ kernel, for XLA:CPU's weight gradient) computes the same outputs
+    and gradients as lax.conv_general_dilated, with the same (1, 1, in, out) parameter."""
+    import flax.linen as nn
+
+    from plip_jax.models.resnet import TorchConv2d, torch_default_kernel_init
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 4, 5))
+    conv = TorchConv2d(7, 1)
+    variables = conv.init(jax.random.key(1), x)
+    assert variables["params"]["kernel"].shape == (1, 1, 5, 7)
+    ref = nn.Conv(7, (1, 1), padding="VALID", use_bias=False, kernel_init=torch_default_kernel_init)
+
+    def loss(fn, v, x):
+        return jnp.sum(jnp.sin(fn(v, x)))
+
+    ours = lambda v, x: conv.apply(v, x)  # noqa: E731
+    theirs = lambda v, x: ref.apply(v, x)  # noqa: E731
+    np.testing.assert_allclose(ours(variables, x), theirs(variables, x), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(functools.partial(loss, ours), argnums=(0, 1))(variables, x)
+    g_ref = jax.grad(functools.partial(loss, theirs), argnums=(0, 1))(variables, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
