@@ -171,15 +171,18 @@ PROC = dict(num_identities=12, images_per_identity=3, num_val_ids=2, num_test_id
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, Path]:
-    """80 steps of the tiny config on 12 procedural identities (~3 minutes on 2 CPU cores)."""
+    """160 steps of the tiny config on 12 procedural identities (~30 s on 2 CPU cores)."""
     from conftest import subprocess_env
 
     base = tmp_path_factory.mktemp("trained")
     work, data = base / "run", base / "data"
-    args = [sys.executable, "-m", "plip_jax.main", "--config", "tests/tiny_cfg.py:data=procedural,steps=80",
-            "--workdir", str(work), f"--config.data.data_dir={data}", "--config.train.ckpt_every=80"]
+    args = [sys.executable, "-m", "plip_jax.main", "--config", "tests/tiny_cfg.py:data=procedural,steps=160",
+            "--workdir", str(work), f"--config.data.data_dir={data}", "--config.train.ckpt_every=160"]
     args += [f"--config.data.procedural.{k}={v}" for k, v in PROC.items()]
-    p = subprocess.run(args, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=1500)
+    # Default XLA optimisations: under JAX_DISABLE_MOST_OPTIMIZATIONS XLA:CPU's max-pool gradients are
+    # wrong (tests/conftest.py), and this test judges what the model learned, not JAX against JAX.
+    env = {k: v for k, v in subprocess_env().items() if k != "JAX_DISABLE_MOST_OPTIMIZATIONS"}
+    p = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stderr[-3000:]
     folders = list((data / "downloads").glob("synth_pedes_procedural/*/synthpedes_dataset.json"))
     assert len(folders) == 1, folders
@@ -204,7 +207,7 @@ def test_trained_checkpoint_ranks_the_queried_identity_first(trained_run, capsys
     res = S.search(m, g, queries, top_k=3)
     correct = np.array([identity(h[0].path) == i for h, i in zip(res, ids)])
     chance = 1 / len(set(ids))
-    # The model learned: captions find their identity far more often than chance (measured 36% vs 8%).
+    # The model learned: captions find their identity far more often than chance (measured 52% vs 8% at 160 steps; 24% at 80).
     assert correct.mean() > 2.5 * chance, correct.mean()
 
     # The CLI, for the correctly ranked caption with the widest margin over rank 2: top-1 is that identity.
