@@ -263,16 +263,7 @@ def test_small_map_conv_equals_lax_conv(hw):
     np.testing.assert_array_equal(variables["params"]["kernel"],
                                   ref.init(jax.random.key(1), x)["params"]["kernel"])
 
-    def loss(fn, v, x):
-        return jnp.sum(jnp.sin(fn(v, x)))
-
-    ours = lambda v, x: conv.apply(v, x)  # noqa: E731
-    theirs = lambda v, x: ref.apply(v, x)  # noqa: E731
-    np.testing.assert_allclose(ours(variables, x), theirs(variables, x), rtol=1e-5, atol=1e-5)
-    g_ours = jax.grad(functools.partial(loss, ours), argnums=(0, 1))(variables, x)
-    g_ref = jax.grad(functools.partial(loss, theirs), argnums=(0, 1))(variables, x)
-    for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    _assert_same_conv(conv, ref, variables, x)
 
 
 def test_one_by_one_conv_is_the_lax_conv():
@@ -288,6 +279,11 @@ def test_one_by_one_conv_is_the_lax_conv():
     assert variables["params"]["kernel"].shape == (1, 1, 5, 7)
     ref = nn.Conv(7, (1, 1), padding="VALID", use_bias=False, kernel_init=torch_default_kernel_init)
 
+    _assert_same_conv(conv, ref, variables, x)
+
+
+def _assert_same_conv(conv, ref, variables, x) -> None:
+    """Outputs and gradients (variables and input) of two conv modules on one parameter tree."""
     def loss(fn, v, x):
         return jnp.sum(jnp.sin(fn(v, x)))
 
