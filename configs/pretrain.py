@@ -9,7 +9,6 @@ steps on procedural data at 256x128, with a RANDOM BERT-base-shaped text tower (
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
 
 from plip_jax import config_parts as common
 

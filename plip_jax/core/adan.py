@@ -9,7 +9,7 @@ checks this against an independent PyTorch implementation (tests/reference/torch
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-
 from plip_jax.core.errors import ConfigError
 from plip_jax.core.metrics import print_table
 
