@@ -70,11 +70,7 @@ class PLIPModel:
 
     def embedder(self, batch_size: int = 64):
         """The model's Embedder (plip_jax.evals.embed) at `batch_size`, for the task evaluators."""
-        import copy
-
-        e = copy.copy(self._embedder)   # shares the jitted encoders: no recompile
-        e.batch_size = int(batch_size)
-        return e
+        return self._embedder.with_batch_size(batch_size)
 
     # Properties ------------------------------------------------------------------------------
     @property

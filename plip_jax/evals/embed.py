@@ -101,6 +101,16 @@ class Embedder:
 
         return cls(img_fn, txt_fn if text_model is not None else None, batch_size, sharding)
 
+    def with_batch_size(self, batch_size: int) -> "Embedder":
+        """The same jitted encoders (no recompile) at another padded batch size."""
+        import copy
+
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        other = copy.copy(self)
+        other.batch_size = max(self._multiple, int(batch_size) // self._multiple * self._multiple)
+        return other
+
     def _size(self, n: int, batch_size: int | None = None) -> int:
         """The padded batch: the configured size (or `batch_size`), less for fewer inputs."""
         bs = self.batch_size if batch_size is None else int(batch_size)

@@ -12,10 +12,14 @@ from plip_jax.evals.reid import reid_metrics
 from plip_jax.evals.retrieval import retrieval_metrics
 
 
+def _floats(metrics: dict) -> dict:
+    """Numpy float scalars as Python floats (JSON-ready); other values as they are."""
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}
+
+
 def scalars(metrics: dict) -> dict:
     """Numpy scalars as floats; arrays (per-query details) dropped, for eval.json and tables."""
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()
-            if not isinstance(v, np.ndarray)}
+    return {k: v for k, v in _floats(metrics).items() if not isinstance(v, np.ndarray)}
 
 
 def text_reid_eval(embedder: Embedder, variables: dict, split: dict[str, Any]) -> dict:
@@ -23,7 +27,7 @@ def text_reid_eval(embedder: Embedder, variables: dict, split: dict[str, Any]) -
     img = embedder.images(variables, split["images"])
     txt = embedder.texts(variables, split["input_ids"], split["attention_mask"])
     metrics = retrieval_metrics(txt, img, np.asarray(split["caption_ids"]), np.asarray(split["image_ids"]))
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}
+    return _floats(metrics)
 
 
 def image_reid_eval(embedder: Embedder, variables: dict, query: dict[str, Any], gallery: dict[str, Any]) -> dict:

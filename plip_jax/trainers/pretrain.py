@@ -153,11 +153,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     writer = MetricWriter(workdir, is_main)
     base_rng = jax.random.key(config.seed + 1)
 
-    def evaluate(split, name: str) -> dict:
-        return text_reid_eval(embedder, {"params": state.params, "batch_stats": state.batch_stats}, split)
+    def evaluate(current, split) -> dict:
+        return text_reid_eval(embedder, {"params": current.params, "batch_stats": current.batch_stats}, split)
 
     def periodic_eval(step: int, current, say) -> None:
-        m = text_reid_eval(embedder, {"params": current.params, "batch_stats": current.batch_stats}, eval_split)
+        m = evaluate(current, eval_split)
         writer.write(step, {f"{plan.key(periodic)}/{k}": v for k, v in m.items() if isinstance(v, float)})
         say(f"step {step}: zero-shot text->image on {plan.key(periodic)}: R1 {m['R1']:.2f} R5 {m['R5']:.2f} "
             f"R10 {m['R10']:.2f} mAP {m['mAP']:.2f} mAP_official {m['mAP_official']:.2f}")
@@ -176,11 +176,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     rows = {}
     val = None
     if final_val:
-        val = evaluate(eval_split, plan.val)
+        val = evaluate(state, eval_split)
         rows[plan.val] = val
     if plan.test:
         test_split = eval_split if eval_name == plan.test else data_setup.open_eval(config, tokenizer, plan.test, plan.data)
-        test = evaluate(test_split, plan.test)
+        test = evaluate(state, test_split)
         rows[plan.test] = test
         results.update(test)
         results["split"] = plan.test

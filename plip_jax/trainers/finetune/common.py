@@ -90,7 +90,7 @@ def load_backbone(config: ml_collections.ConfigDict, with_text: bool) -> Backbon
             variables["params"]["text"], _ = text_weights.load_params(folder, text_cfg.num_hidden_layers)
         else:
             ids = jnp.zeros((1, 4), jnp.int32)
-            variables["params"]["text"] = jax.jit(Bert(text_cfg).init)(key, ids, jnp.ones_like(ids))["params"]
+            variables["params"]["text"] = jax.jit(text_encoder(text_cfg).init)(key, ids, jnp.ones_like(ids))["params"]
         variables = jax.device_get(variables)
         tokenizer = load_tokenizer(config.data.get("tokenizer_dir"), max_length=int(config.data.max_length))
         origin = "scratch (random image encoder" + (f", text {config.model.text.init})" if with_text else ")")
