@@ -1,4 +1,4 @@
-"""Text-based Re-ID fine-tuning, CMPM + CMPC (PLIP_SPEC 3.3, official Downstreams/CMPM-C defaults).
+"""Text-based Re-ID fine-tuning, CMPM + CMPC (the official Downstreams/CMPM-C/train.py defaults).
 
     python -m plip_jax.main --config configs/finetune_text_reid.py:dataset=cuhk_pedes --workdir W \
         --config.init_checkpoint=PLIP_RN50.pth.tar --config.data.data_dir=D
@@ -6,7 +6,7 @@ Arguments (`:k=v,...`): dataset (cuhk_pedes | icfg_pedes | rstp_reid | synth_ped
 (procedural data, the mini model, < 10 CPU minutes), few_shot (fraction of training identities),
 eval_dataset (cross-domain: train on `dataset`, evaluate on this builder's test split), steps, batch.
 No --config.init_checkpoint = the from-scratch baseline (random image encoder; the text tower from
-config.model.text.init: bert-base-uncased from the local HF cache or a folder, see README).
+config.model.text.init: bert-base-uncased from the local HF cache or a folder, see plip_jax/config_parts.py).
 """
 from __future__ import annotations
 

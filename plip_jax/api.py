@@ -3,7 +3,7 @@
 Loads official `.pth.tar`/`.safetensors` checkpoints (via the converter), folders written by
 `PLIPModel.save_pretrained` / `python -m plip_jax.convert from-torch`, and Orbax workdirs or step
 dirs (via `plip_jax.core.checkpoint.restore_for_inference`). Preprocessing is the official inference's
-(DESIGN decision 10): PIL bicubic resize to the model's input size, then mean/std normalisation.
+(``zs_infer.py`` / ``test_dataloader.py``): PIL bicubic resize to the model's input size, then mean/std normalisation.
 """
 from __future__ import annotations
 

@@ -69,7 +69,9 @@ def model_config(recipe: str = "release") -> ml_collections.ConfigDict:
 
 
 def optim_config() -> ml_collections.ConfigDict:
-    """Adan, lr 2e-3 x batch/512, 10-epoch warm-up, x0.1 at epochs 30 and 50 (PLIP_SPEC 3.1)."""
+    """Adan, lr 2e-3 x batch/512, 10-epoch warm-up, x0.1 at epochs 30 and 50.
+
+    PLIP paper App. A.8.1 and the official utils.py schedules; docs/method.md "Recipes"."""
     return ml_collections.ConfigDict(dict(
         name="adan",                         # 'adan' | 'adamw'
         lr=2e-3,
@@ -119,7 +121,7 @@ MINI_MAX_LENGTH = 48
 
 def mini_model(recipe: str = "paper_v2") -> ml_collections.ConfigDict:
     """The embedded default's model, sized for 2 CPU cores: a 1-1-1-1 ResNet at 64x32 and the shipped
-    MiniLM-L6 (its last layer trained), small TIC/IAP heads (README "Embedded default")."""
+    MiniLM-L6 (its last layer trained), small TIC/IAP heads (docs/results.md "Embedded default")."""
     m = model_config(recipe)
     m.image = dict(layers=(1, 1, 1, 1), width=16, heads=4, output_dim=384, input_size=(64, 32),
                    pool=config_dict.placeholder(str))

@@ -1,4 +1,4 @@
-"""CLI between plip-jax checkpoints and the official PyTorch layout (DESIGN decision 9).
+"""CLI between plip-jax checkpoints and the official PyTorch layout (docs/contracts.md "Architecture JSON").
 
   python -m plip_jax.convert to-torch --checkpoint PATH --out FILE.pth.tar [--bert-dir DIR]
          [--no-position-ids] [--safetensors]

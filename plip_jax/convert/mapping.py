@@ -1,7 +1,7 @@
 """One bidirectional naming table between Flax variables and official PyTorch state dicts.
 
-Module names mirror PyTorch (DESIGN decision 1), so conversion is leaf renames plus layout
-transposes (PLIP_SPEC 6.3): Conv HWIO<->OIHW, Dense (in,out)<->Linear (out,in), LayerNorm/BN
+Module names mirror PyTorch (docs/contracts.md "Variables layout"), so conversion is leaf renames
+plus layout transposes: Conv HWIO<->OIHW, Dense (in,out)<->Linear (out,in), LayerNorm/BN
 `scale`<->`weight`, Embed `embedding`<->`weight`, BN stats `mean`/`var`<->`running_mean`/`running_var`.
 Works on numpy arrays only; no torch import here.
 """

@@ -57,7 +57,7 @@ def base_path(path: str | os.PathLike) -> Path:
 
 
 def arch_json_path(path: str | os.PathLike) -> Path:
-    """The architecture JSON beside a checkpoint (DESIGN decision 9)."""
+    """The architecture JSON beside a checkpoint (docs/contracts.md "Architecture JSON")."""
     b = base_path(path)
     return b.with_name(b.name + ".json")
 
@@ -268,7 +268,7 @@ def infer_text_config(sd: Mapping[str, np.ndarray], prefix: str = TEXT_PREFIX, h
 def infer_architecture(img_sd: Mapping[str, np.ndarray], txt_sd: Mapping[str, np.ndarray],
                        image_heads: int = DEFAULT_IMAGE_HEADS, text_heads: int | None = None,
                        input_size: tuple[int, int] | None = None) -> dict:
-    """The DESIGN decision 9 architecture dict of a checkpoint, from tensor shapes alone."""
+    """The architecture dict of a checkpoint (docs/contracts.md "Architecture JSON"), from tensor shapes alone."""
     image = infer_image_architecture(img_sd, heads=image_heads, input_size=input_size)
     return {
         "image": image,

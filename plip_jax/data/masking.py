@@ -1,4 +1,4 @@
-"""Attribute-phrase masking for IAP and its mask-ratio curriculum (PLIP_SPEC 2.2).
+"""Attribute-phrase masking for IAP and its mask-ratio curriculum (PLIP paper Sec. 2.2, Tab. 16b).
 
 Only attribute phrases are masked, each one independently with probability r, and always whole:
 every word-piece of a chosen phrase becomes [MASK]. r follows r(e) = G(e/E) * (upper - lower) + lower.

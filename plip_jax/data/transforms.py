@@ -3,7 +3,7 @@
 Split of work: the host ships ONE uint8 RGB image per sample (after flip/crop/erase) and the device
 computes both the normalised colour image and the normalised gray copy for colorization (TIC). Shipping
 uint8 instead of two float32 images cuts host->device bytes by 8x, and host CPU is the scarce resource
-(PLIP_SPEC 2.1: the gray copy must see the same augmentation, which holds since it is derived on device).
+(TIC's gray copy must see the same augmentation as the colour image, which holds since it is derived on device).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ accelerator and the inputs are float32, numpy otherwise: on CPU numpy counts ~4x
 query took 0.5 s in numpy and 2.0 s in XLA:CPU, whose compare-and-reduce loops are not
 vectorised as well). Peak memory is one (block_size, G) similarity block plus O(block x P).
 
-Both AP conventions come from the same ranks (see shared/PEERS.md section 4a), so every result
+Both AP conventions come from the same ranks (docs/method.md "Data and evaluation protocol"), so every result
 carries both keys:
 - ``mAP``: AP = mean over the matches of precision at each match (IRRA ``utils/metrics.py``; what
   text-ReID papers report, and the non-interpolated AP of BoT / torchreid for image ReID).

@@ -1,4 +1,4 @@
-"""Image-guided attribute prediction (IAP) loss and accuracy over masked token positions (PLIP_SPEC 2.2)."""
+"""Image-guided attribute prediction (IAP) loss and accuracy over masked token positions (PLIP paper Sec. 2.2, Eq. 3)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Identity-level cross-modal projection losses: CMPM (IVLC pre-training) and CMPC (fine-tuning).
 
 Both follow the official PyTorch code (Zplusdragon/PLIP ``Downstreams/CMPM-C/loss.py``), not the
-paper's Eq. 4-5: see PLIP_SPEC 2.3 and 3.3. Pure functions, float32 math, jit- and mesh-friendly.
+paper's Eq. 4-5 (docs/method.md "Identity-based vision-language contrast").
+Pure functions, float32 math, jit- and mesh-friendly.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def cmpm_loss(image_emb: jax.Array, text_emb: jax.Array, ids: jax.Array,
 
 def cmpc_loss(image_emb: jax.Array, text_emb: jax.Array, labels: jax.Array,
               weight: jax.Array) -> jax.Array:
-    """CMPC loss (fine-tuning, PLIP_SPEC 3.3): identity CE of each modality projected onto the other.
+    """CMPC loss (fine-tuning): identity CE of each modality projected onto the other.
 
+    As the official ``Downstreams/CMPM-C/loss.py`` ``compute_cmpc_loss``:
     v_proj = (v . t_hat) t_hat, t_proj = (t . v_hat) v_hat, logits = proj @ (W / ||W||_col);
     returns CE(v_proj W_n, y) + CE(t_proj W_n, y), each averaged over the batch. ``weight`` is (D, C).
     """

@@ -1,4 +1,4 @@
-"""Text-guided colorization (TIC) loss: distance between predicted and true colour images (PLIP_SPEC 2.1)."""
+"""Text-guided colorization (TIC) loss: distance between predicted and true colour images (PLIP paper Sec. 2.1, Eq. 1)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def colorization_loss(pred: jax.Array, target: jax.Array, reduction: str = "sum_
     """Batch mean of a per-image distance: 'sum_sq' = squared L2, 'l2' = L2 norm, 'mean' = plain MSE.
 
     The paper's Eq. 1 is a per-sample Euclidean distance averaged over the batch; the reduction is
-    not stated, so it is configurable (default squared L2, see PLIP_SPEC 2.1 / 8).
+    not stated, so it is configurable (`config.losses.tic_reduction`; docs/method.md "Text-guided image colorization").
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown colorization reduction {reduction!r}; choose one of {REDUCTIONS}")

@@ -1,4 +1,4 @@
-"""Weighted sum of the pretext losses, L = L_ivlc + 0.02 L_tic + 0.1 L_iap (PLIP_SPEC 2.4, Eq. 7)."""
+"""Weighted sum of the pretext losses, L = L_ivlc + 0.02 L_tic + 0.1 L_iap (PLIP paper Eq. 7, Tab. 17)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PLIP text encoder: BERT (post-LN, exact GELU) in Flax Linen (PLIP_SPEC 1.2, DESIGN decision 1).
+"""PLIP text encoder: BERT (post-LN, exact GELU) in Flax Linen (docs/method.md "Model").
 
 Submodule and parameter names mirror HF PyTorch ``BertModel`` (``embeddings/word_embeddings``,
 ``encoder/layer/<i>/attention/self/query``, ``pooler/dense`` ...) so that checkpoints convert by

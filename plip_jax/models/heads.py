@@ -2,7 +2,7 @@
 
 Both are Flax Linen modules (NHWC, float32 params, ``dtype`` = compute dtype, float32 outputs).
 Submodule names of the decoder mirror the official PyTorch ``Image_decoder_ModifiedResNet``
-(git history of Zplusdragon/PLIP, see PLIP_SPEC 2.1), so conversion is renaming + transposes:
+(``visual_model.py`` in the git history of github.com/Zplusdragon/PLIP), so conversion is renaming + transposes:
 
     Flax                         PyTorch                          kernel transform (torch -> flax)
     channelunity{1..4}/kernel    channelunity{1..4}.weight        OIHW -> HWIO  (transpose(2,3,1,0))
@@ -24,7 +24,7 @@ Dtype = Any
 
 # PyTorch's default init for Linear/Conv/ConvTranspose (kaiming_uniform with a=sqrt(5)).
 _torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-# SE_block_mm: init.kaiming_normal_(weight, mode='fan_out') (PLIP_SPEC 2.1).
+# SE_block_mm: init.kaiming_normal_(weight, mode='fan_out') (official visual_model.py, git history).
 _kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # PyTorch ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1) as a dilated conv:
@@ -94,7 +94,9 @@ class TextGatedSE(nn.Module):
 
 
 class ColorizationDecoder(nn.Module):
-    """TIC decoder (PLIP_SPEC 2.1): FPN over (x1..x4) + text-gated SE + two x2 deconvs -> RGB at input size."""
+    """TIC decoder (PLIP paper Sec. 2.1, App. A.6.2): FPN over (x1..x4) + text-gated SE + two x2 deconvs -> RGB.
+
+    The output has the input size."""
 
     text_dim: int = 768
     fpn_dim: int = 256
@@ -160,10 +162,10 @@ class TransformerBlock(nn.Module):
 
 
 class AttributeHead(nn.Module):
-    """IAP head (PLIP_SPEC 2.2): fuse masked-caption tokens with V_global, transformer block(s), vocab logits.
+    """IAP head (PLIP paper Sec. 2.2, App. A.6.3): masked-caption tokens fused with V_global, block(s), vocab logits.
 
-    ``fusion='add'``: tokens + Dense(image) (identity when dims match, [P2] main text);
-    ``fusion='concat_mlp'``: per-token MLP on concat(token, image) (official ``Text_decoder``, [P2 A.6.3]).
+    ``fusion='add'``: tokens + Dense(image) (identity when dims match; the paper's Eq. 2);
+    ``fusion='concat_mlp'``: per-token MLP on concat(token, image) (official ``Text_decoder``; the paper's App. A.6.3).
     Logits are computed for the ``positions`` only and returned in float32.
     """
 

@@ -2,7 +2,7 @@
 
 One module so that one `init` creates every variable under the names of docs/contracts.md
 (params/{image,text,tic,iap}, batch_stats/image). The train step calls `__call__` (two image
-and two text passes, PLIP_SPEC 2); inference calls `encode_image` / `encode_text`.
+and two text passes, docs/method.md "The three pretext tasks"); inference calls `encode_image` / `encode_text`.
 """
 from __future__ import annotations
 

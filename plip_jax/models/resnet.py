@@ -1,8 +1,9 @@
-"""PLIP image encoder: the CLIP-style ModifiedResNet (PLIP_SPEC 1.1) in Flax Linen, NHWC.
+"""PLIP image encoder: the CLIP-style ModifiedResNet in Flax Linen, NHWC (docs/method.md "Model";
+the official ``visual_model.py``).
 
 Submodule and parameter names mirror the official PyTorch state_dict (``conv1``, ``bn1``,
 ``layer1/0/downsample/0``, ``attnpool/q_proj`` ...) so checkpoint conversion is renaming plus
-kernel transposes (PLIP_SPEC 6.3).
+kernel transposes (``plip_jax.convert.mapping``).
 """
 
 from __future__ import annotations
