@@ -64,7 +64,7 @@ def official_state_dicts(seed: int = 0):
 
 
 def official_arch() -> dict:
-    """The DESIGN decision 9 JSON of the tiny models."""
+    """The architecture JSON (docs/contracts.md "Architecture JSON") of the tiny models."""
     return {"image": {**IMG_ARCH, "layers": list(IMG_ARCH["layers"]), "input_size": list(IMG_ARCH["input_size"]),
                       "pool": "attn"},
             "text": dict(TEXT_CFG), "mean": list(torch_io.MEAN), "std": list(torch_io.STD),

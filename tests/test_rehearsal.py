@@ -1,6 +1,7 @@
-"""Issue 15's rehearsal at toy size: `bench/rehearsal.py --cut-down` end to end (the run, its
-checkpoint, kill-and-resume, the .pth.tar export in the PyTorch references, per-device state bytes
-at fsdp=1 and 8). The full size is a measurement for an idle machine (README "Rehearsal")."""
+"""The rehearsal (the paper's model end to end on a CPU) at toy size: `bench/rehearsal.py --cut-down`
+end to end (the run, its checkpoint, kill-and-resume, the .pth.tar export in the PyTorch references,
+per-device state bytes at fsdp=1 and 8). The full size is a measurement for an idle machine
+(docs/results.md "Rehearsal")."""
 from __future__ import annotations
 
 import json

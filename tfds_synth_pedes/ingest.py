@@ -134,7 +134,8 @@ def check_image_file(path: Path) -> None:
 
 
 # Images resized at build time (a `full_hH_wW` config) are stored as JPEG at this quality, without
-# chroma subsampling (4:4:4): ~2/3 of the 4:2:0 error for ~15% more decode time (DESIGN: fidelity first).
+# chroma subsampling (4:4:4): ~2/3 of the 4:2:0 error for ~15% more decode time: fidelity to
+# the source images comes before decode speed.
 STORED_JPEG_QUALITY = 95
 
 

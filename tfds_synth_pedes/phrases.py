@@ -1,4 +1,4 @@
-"""Attribute-phrase finder for captions we did not write (PLIP_SPEC 2.2, keyword sets).
+"""Attribute-phrase finder for captions we did not write (keyword sets; docs/method.md, IAP masking).
 
 A phrase is a run of modifiers (colours, shades, lengths, patterns; "and" may join two of them)
 ending in an attribute head noun (garment, hair, shoes, belongings, gender): "dark blue jacket",

@@ -1,6 +1,6 @@
 """SPAC-style captions: six attributes -> one prompt caption + stylistically different captions.
 
-A rule-based stand-in for PLIP's SPAC captioner (PLIP_SPEC 4): the prompt caption fills the
+A rule-based stand-in for PLIP's SPAC captioner (PLIP paper App. A.5, A.7): the prompt caption fills the
 attribute phrases verbatim into a template; the stylish captions use template banks, synonyms,
 shade words, clause order and optional details. Every caption carries the character spans of
 its attribute phrases, which `find_attribute_phrases` recovers from the text alone.

@@ -77,7 +77,8 @@ GENDERS: dict[str, tuple[str, ...]] = {"man": ("man", "guy", "gentleman"), "woma
 HAIR_LENGTHS: tuple[str, ...] = ("short", "long")
 FEMALE_ONLY_WORDS: frozenset[str] = frozenset({"skirt", "handbag", "purse"})
 
-# ---- Phrase-finder keyword sets (PLIP_SPEC 2.2): broad, to cover human captions too. ----
+# ---- Phrase-finder keyword sets (PLIP paper App. A.7.3 builds its own from CUHK/ICFG nouns): broad, to cover
+# human captions too. ----
 COLOUR_WORDS: frozenset[str] = frozenset(
     """black white grey gray red blue green yellow pink purple orange brown beige khaki navy maroon
     burgundy tan silver gold golden blonde blond cream olive teal violet lavender charcoal turquoise

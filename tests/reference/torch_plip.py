@@ -1,4 +1,5 @@
-"""PyTorch twin of the whole PLIP pre-training step (plip_jax/models/plip.py + plip_jax/train_step.py).
+"""PyTorch twin of the whole PLIP pre-training step (plip_jax/models/plip.py, the objective of
+plip_jax/trainers/pretrain_step.py and the step of plip_jax/core/step.py).
 
 Written from the architecture and the official code's conventions, not from the JAX code's internals:
 ModifiedResNet (tests/reference/torch_resnet.py), transformers' BertModel, the official colorization
@@ -288,7 +289,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 def cmpm_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
               text_ids: torch.Tensor, eps: float = 1e-8, cosine_logits: bool = False,
               cosine_scale: float = 1.0) -> torch.Tensor:
-    """CMPM in the official code form (PLIP_SPEC 2.3), Nv images x Nt captions labelled by identity."""
+    """CMPM in the official code form (official Downstreams/CMPM-C/loss.py), Nv images x Nt captions by identity."""
     v, t = image_emb.float(), text_emb.float()
     if cosine_logits:
         i2t = cosine_scale * _unit(v) @ _unit(t).T

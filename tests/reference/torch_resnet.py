@@ -1,6 +1,6 @@
-"""PyTorch reference of PLIP's ModifiedResNet, written from the architecture (PLIP_SPEC 1.1).
+"""PyTorch reference of PLIP's ModifiedResNet, written from the architecture (docs/method.md "Model").
 
-State-dict names match the official ``Image_encoder_ModifiedResNet`` (PLIP_SPEC 6.1), so official
+State-dict names match the official ``Image_encoder_ModifiedResNet`` (``visual_model.py``), so official
 weights load with ``strict=True``. Used by the Flax parity tests and by bench/torch_reference.py;
 no data-dependent control flow, so it works under ``torch.compile`` and with channels_last inputs.
 """

@@ -1,9 +1,10 @@
 """TFDS builder `synth_pedes`: config `full` (the released SYNTH-PEDES) and `procedural` (rendered).
 
 `procedural` renders the released layout into the download dir, then runs exactly the `full`
-ingest on it (DESIGN 6). `full` puts every identity in `train`, as the paper pre-trains on all of
-SYNTH-PEDES; `procedural` holds out 200 + 200 identities by default. Either takes the builder
-params num_val_ids / num_test_ids: that many identities, chosen by a stable hash of the id, go to
+ingest on it, so the real data's code path runs on every procedural build. `full` puts every
+identity in `train`, as the paper pre-trains on all of SYNTH-PEDES; `procedural` holds out
+200 + 200 identities by default. Either takes the builder params num_val_ids / num_test_ids:
+that many identities, chosen by a stable hash of the id, go to
 `val` / `test` (disjoint from train and from each other) for zero-shot monitoring and selection.
 A non-default config is named after its params (`full_v10_t5`), and that name can be passed back
 as the config (`--config.data.config=full_v10_t5`). `image_size=(H, W)` is the stored image size:

@@ -1,7 +1,8 @@
 """Procedural SYNTH-PEDES: sample identities and render them into the released folder layout.
 
 Writes `synthpedes_dataset.json` + `PartN/<id>/<k>.jpg` exactly like the release (plus an
-optional per-entry `camera_id`), so the `full` ingest code reads it unchanged (DESIGN 6).
+optional per-entry `camera_id`), so the `full` ingest code reads it unchanged and every procedural
+build exercises the path real SYNTH-PEDES takes.
 Identities are unique combinations of the six caption-visible attribute slots, so held-out
 identities are distinguishable from text; everything is a pure function of the seed.
 """
