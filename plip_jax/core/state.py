@@ -28,14 +28,19 @@ def init_variables(model, rng: jax.Array, example_batch: dict) -> dict:
     return model.init({"params": rng, "dropout": rng}, example_batch, train=True)
 
 
-def abstract_state(model, tx: optax.GradientTransformation, example_batch: dict,
-                   rng: jax.Array) -> TrainState:
-    """The state as ShapeDtypeStructs: no memory is touched."""
+def _make_state(model, tx: optax.GradientTransformation, example_batch: dict):
+    """rng -> a fresh TrainState (variables from `init_variables`, optimizer state from `tx`)."""
     def make(rng):
         v = init_variables(model, rng, example_batch)
         return TrainState(step=jnp.zeros((), jnp.int32), params=v["params"],
                           batch_stats=v.get("batch_stats", {}), opt_state=tx.init(v["params"]))
-    return jax.eval_shape(make, rng)
+    return make
+
+
+def abstract_state(model, tx: optax.GradientTransformation, example_batch: dict,
+                   rng: jax.Array) -> TrainState:
+    """The state as ShapeDtypeStructs: no memory is touched."""
+    return jax.eval_shape(_make_state(model, tx, example_batch), rng)
 
 
 def state_shardings(abstract: TrainState, mesh: jax.sharding.Mesh, min_size: int) -> TrainState:
@@ -52,21 +57,18 @@ def init_key(seed: int) -> jax.Array:
 
 def create_state(model, tx: optax.GradientTransformation, example_batch: dict, seed: int,
                  mesh: jax.sharding.Mesh, min_size: int = 2**18) -> tuple[TrainState, TrainState]:
-    """(state, shardings): initialised once on one device per process (identical on every process,
-    and independent of the mesh layout, so sharded and single-device runs start equal), then laid
-    out into the target shardings without ever being donated-aliased to the init buffers."""
-    rng = init_key(seed)
-    abstract = abstract_state(model, tx, example_batch, rng)
-    shardings = state_shardings(abstract, mesh, min_size)
+    """(state, shardings) of a fresh state under the fsdp rule of `mesh` (see `materialize`)."""
+    shardings = state_shardings(abstract_state(model, tx, example_batch, init_key(seed)), mesh, min_size)
+    return materialize(model, tx, example_batch, seed, shardings), shardings
 
-    def make(rng):
-        v = init_variables(model, rng, example_batch)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=v["params"],
-                          batch_stats=v.get("batch_stats", {}), opt_state=tx.init(v["params"]))
 
-    local = jax.device_get(jax.jit(make)(rng))
-    state = jax.tree.map(lambda x, s: place(np.asarray(x), s), local, shardings)
-    return state, shardings
+def materialize(model, tx: optax.GradientTransformation, example_batch: dict, seed: int,
+                shardings: TrainState) -> TrainState:
+    """A fresh state initialised once on one device per process (identical on every process, and
+    independent of the mesh layout, so sharded and single-device runs start equal), then laid out
+    into `shardings` without ever being donated-aliased to the init buffers."""
+    local = jax.device_get(jax.jit(_make_state(model, tx, example_batch))(init_key(seed)))
+    return jax.tree.map(lambda x, s: place(np.asarray(x), s), local, shardings)
 
 
 def place(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:

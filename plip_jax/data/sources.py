@@ -298,7 +298,8 @@ def example_batch(config, text_cfg) -> dict:
     """A small batch with the training spec (for shape inference and init)."""
     d = config.data
     b = synthetic.synthetic_batch(2, tuple(config.model.image.input_size), d.max_length, d.max_masked,
-                                  vocab_size=max(text_cfg.vocab_size, 1001), num_ids=2, seed=0)
+                                  vocab_size=max(text_cfg.vocab_size, 1001), num_ids=2, seed=0,
+                                  images_per_caption=int(d.get("images_per_caption", 1)))
     b["input_ids"] = np.minimum(b["input_ids"], text_cfg.vocab_size - 1)
     b["masked_input_ids"] = np.minimum(b["masked_input_ids"], text_cfg.vocab_size - 1)
     b["mlm_labels"] = np.minimum(b["mlm_labels"], text_cfg.vocab_size - 1)

@@ -220,5 +220,5 @@ def validate(model_cfg, frozen: Sequence[str] | None = ()) -> tuple[BertConfig, 
 
 
 __all__ = ["DEFAULT_INIT", "TextTowerError", "resolve", "architecture", "from_config",
-                      "architecture_from_config", "validate", "load_params", "describe_load", "find_cached",
+                      "architecture_from_config", "validate", "find_cached",
                       "hub_cache_dirs", "has_weights", "minilm_dir"]

@@ -4,7 +4,6 @@ final evaluation (eval.json) with a printed table."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,27 +11,26 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from plip_jax.convert import text_weights
 from plip_jax.core import checkpoint as ckpt_lib
 from plip_jax.core import loop, optim
-from plip_jax.core import sharding as shd
 from plip_jax.core import state as state_lib
 from plip_jax.core.errors import ConfigError
 from plip_jax.core.metrics import MetricWriter, print_table
-from plip_jax.data import sources as data_setup
+from plip_jax.data import sources
 from plip_jax.data.tokenizer import load_tokenizer
 from plip_jax.evals.embed import Embedder
 from plip_jax.evals.tasks import text_reid_eval
 from plip_jax.losses.total import active_tasks
 from plip_jax.models import text_tower
-from plip_jax.models.plip import build_model
-from plip_jax.trainers.pretrain_step import jit_train_step, make_train_step
+from plip_jax.trainers import build
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Cheap checks that fail in one clear line before any data is read or compiled."""
+def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None,
+                    weights_needed: bool = True) -> None:
+    """Cheap checks that fail in one clear line before any data is read or compiled (`device_count`
+    of the target slice, default this host's devices; `weights_needed=False` for a compile-only run)."""
     weights = dict(config.losses.weights)
     bad = set(weights) - {"ivlc", "tic", "iap"}
     if bad:
@@ -44,7 +42,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.losses.weights switches every pretext task off; keep at least one > 0")
     if config.data.batch_size <= 0:
         raise ConfigError(f"config.data.batch_size must be positive, got {config.data.batch_size}")
-    n = jax.device_count()
+    n = jax.device_count() if device_count is None else int(device_count)
     if config.data.batch_size % n:
         raise ConfigError(f"config.data.batch_size={config.data.batch_size} is not divisible by the "
                           f"device count {n}; use a multiple of {n}")
@@ -55,7 +53,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     h, w = config.model.image.input_size
     if h % 32 or w % 32:
         raise ConfigError(f"config.model.image.input_size={tuple(config.model.image.input_size)} must be multiples of 32")
-    data_setup.validate(config.data)
+    if not weights_needed:
+        return
+    sources.validate(config.data)
     try:  # pretrained weights found locally, or a random tower named so and not frozen
         text_tower.validate(config.model, tuple(config.optim.frozen))
     except ValueError as e:
@@ -100,56 +100,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if is_main:
         (workdir / "config.json").write_text(config.to_json(indent=2))
 
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
-    shd.check_batch_size(config.data.batch_size, mesh, jax.process_count())
-    batch_sharding = shd.batch_sharding(mesh)
-
-    # Data (builds the procedural dataset on first use).
+    # Data first (builds the procedural dataset on first use): the schedule needs steps per epoch.
     tokenizer = load_tokenizer(config.data.tokenizer_dir, max_length=config.data.max_length)
-    data = data_setup.open_train(config, tokenizer)
-    plan = data_setup.eval_plan(config)  # own val/test, else a built text-ReID set, else none (said here)
+    data = sources.open_train(config, tokenizer)
+    plan = sources.eval_plan(config)  # own val/test, else a built text-ReID set, else none (said here)
     if is_main and plan.message:
         print(plan.message, flush=True)
-    steps_per_epoch = max(data.steps_per_epoch, 1)
-    total_steps = int(config.train.steps) or int(math.ceil(config.train.epochs * steps_per_epoch))
-
-    # Model, optimizer, state.
-    text_cfg, _ = text_tower.from_config(config.model)
-    tasks = active_tasks(dict(config.losses.weights))
-    model = build_model(config.model, text_cfg, tasks)
-    rng = state_lib.init_key(config.seed)
-    example = data_setup.example_batch(config, text_cfg)
-    abstract = state_lib.abstract_state(model, optax.identity(), example, rng)
-    tx, schedule = optim.make_optimizer(config.optim, abstract.params, steps_per_epoch, total_steps,
-                                        config.data.batch_size)
+    built = build.pretraining(config, data.steps_per_epoch)
+    run, model, text_cfg = built.run, built.model, built.text_cfg
+    mesh, batch_sharding, shardings = run.mesh, run.batch_sharding, run.shardings
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
                                  async_save=config.train.async_checkpoints)
-    # Only the optimizer state's shapes are new: no second trace of the model.
-    abstract = abstract.replace(opt_state=jax.eval_shape(tx.init, abstract.params))
-    shardings = state_lib.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
 
     def start() -> state_lib.TrainState:
-        fresh, _ = state_lib.create_state(model, tx, example, config.seed, mesh, config.mesh.fsdp_min_size)
-        return load_text_weights(config, fresh, shardings)
+        return load_text_weights(config, built.fresh_state(config.seed), shardings)
 
-    state, start_step = loop.resume_or_start(ckpt, abstract, shardings, start, data, workdir)
+    state, start_step = loop.resume_or_start(ckpt, run.abstract, shardings, start, data, workdir)
     ckpt.check_space(state)  # one warning now if keep_checkpoints copies cannot fit
 
     if is_main:
-        labels = optim.param_labels(abstract.params, config.optim)
-        counts = optim.count_params(abstract.params, labels)
-        print(f"PLIP {config.model.recipe} | tasks {','.join(tasks)} | devices {jax.device_count()} "
+        labels = optim.param_labels(run.abstract.params, config.optim)
+        counts = optim.count_params(run.abstract.params, labels)
+        print(f"PLIP {config.model.recipe} | tasks {','.join(built.tasks)} | devices {jax.device_count()} "
               f"(mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}) | params "
               + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items()))
-              + f" | {total_steps} steps ({steps_per_epoch}/epoch) x batch {config.data.batch_size}", flush=True)
+              + f" | {run.total_steps} steps ({run.steps_per_epoch}/epoch) x batch {config.data.batch_size}",
+              flush=True)
 
-    step_fn = jit_train_step(make_train_step(model, tx, config.losses, schedule), shardings, batch_sharding, mesh)
+    step_fn = run.step
     embedder = Embedder.for_plip(model, config.train.eval_batch_size, sharding=batch_sharding)
     final_val = bool(config.train.get("final_val", True)) and plan.val is not None
     periodic = plan.periodic if config.train.eval_every else None
     # The validation split (the test split when there is none) is read only when something uses it.
     eval_name = periodic or (plan.val if final_val else None)
-    eval_split = data_setup.open_eval(config, tokenizer, eval_name, plan.data) if eval_name else None
+    eval_split = sources.open_eval(config, tokenizer, eval_name, plan.data) if eval_name else None
     writer = MetricWriter(workdir, is_main)
     base_rng = jax.random.key(config.seed + 1)
 
@@ -162,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         say(f"step {step}: zero-shot text->image on {plan.key(periodic)}: R1 {m['R1']:.2f} R5 {m['R5']:.2f} "
             f"R10 {m['R10']:.2f} mAP {m['mAP']:.2f} mAP_official {m['mAP_official']:.2f}")
 
-    loop_cfg = loop.LoopConfig(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+    loop_cfg = loop.LoopConfig(total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch,
                                batch_size=int(config.data.batch_size), log_every=int(config.train.log_every),
                                ckpt_every=int(config.train.ckpt_every), desc="pretrain",
                                postfix=("loss", "loss_ivlc", "loss_tic", "loss_iap"))
@@ -179,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         val = evaluate(state, eval_split)
         rows[plan.val] = val
     if plan.test:
-        test_split = eval_split if eval_name == plan.test else data_setup.open_eval(config, tokenizer, plan.test, plan.data)
+        test_split = eval_split if eval_name == plan.test else sources.open_eval(config, tokenizer, plan.test, plan.data)
         test = evaluate(state, test_split)
         rows[plan.test] = test
         results.update(test)

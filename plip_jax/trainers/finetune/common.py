@@ -29,7 +29,7 @@ from plip_jax.core import sharding as shd
 from plip_jax.core import state as state_lib
 from plip_jax.core.errors import ConfigError
 from plip_jax.core.metrics import MetricWriter, print_table
-from plip_jax.core.step import LossFn, jit_step, make_step, split_trainable
+from plip_jax.core.step import LossFn, split_trainable
 from plip_jax.data import downstream as fd
 from plip_jax.data import sources as data_setup
 from plip_jax.data import transforms
@@ -38,6 +38,7 @@ from plip_jax.models.bert import Bert, BertConfig
 from plip_jax.models.build import image_encoder, text_encoder
 from plip_jax.models.plip import image_pool
 from plip_jax.models.resnet import ModifiedResNet
+from plip_jax.trainers import build
 
 ZERO_SHOT_FILE = "zero_shot.json"
 
@@ -164,8 +165,7 @@ def eval_split(config, backbone: Backbone, split: str, source=None, max_length: 
                            max_length=max_length)
 
 
-def total_steps(config, steps_per_epoch: int) -> int:
-    return int(config.train.steps) or int(np.ceil(float(config.train.epochs) * steps_per_epoch))
+total_steps = build.total_steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,10 +205,6 @@ def checkpoint_config(backbone: Backbone, config) -> dict:
             "finetune": json.loads(config.to_json())}
 
 
-def _shapes(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
-
-
 def _zero_shot(workdir: Path, task: Task, state, fresh: bool) -> dict | None:
     """The evaluation before training: run on a fresh start and stored, read back on a resume."""
     path = workdir / ZERO_SHOT_FILE
@@ -242,16 +238,14 @@ def finetune(config: ml_collections.ConfigDict, workdir: Path,
 def _train_and_evaluate(config, workdir: Path, backbone: Backbone, task: Task, mesh, batch_sharding,
                         t_start: float, is_main: bool) -> dict:
     batch = int(config.data.batch_size)
-    steps_per_epoch = max(int(task.data.steps_per_epoch), 1)
-    steps = total_steps(config, steps_per_epoch)
     params = {**backbone.variables["params"], **task.heads["params"]}
     batch_stats = {**backbone.variables["batch_stats"], **task.heads.get("batch_stats", {})}
     trained, _ = split_trainable(params, task.trainable)
-    tx, schedule = optim.make_optimizer(config.optim, _shapes(trained), steps_per_epoch, steps, batch)
-    abstract = state_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=_shapes(params),
-                                    batch_stats=_shapes(batch_stats),
-                                    opt_state=jax.eval_shape(tx.init, _shapes(trained)))
-    shardings = state_lib.state_shardings(abstract, mesh, int(config.mesh.fsdp_min_size))
+    run = build.make_run(config, loss_fn=task.loss_fn, params=params, batch_stats=batch_stats,
+                         steps_per_epoch=task.data.steps_per_epoch, trainable=task.trainable,
+                         devices=mesh.devices.flatten().tolist())
+    tx, shardings, abstract = run.tx, run.shardings, run.abstract
+    steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
 
     def start() -> state_lib.TrainState:
         host = state_lib.TrainState(step=np.zeros((), np.int32), params=params, batch_stats=batch_stats,
@@ -272,7 +266,7 @@ def _train_and_evaluate(config, workdir: Path, backbone: Backbone, task: Task, m
         backbone.tokenizer.save(workdir / "tokenizer")
     zero = _zero_shot(workdir, task, state, fresh=start_step == 0)
 
-    step_fn = jit_step(make_step(task.loss_fn, tx, schedule, task.trainable), shardings, batch_sharding, mesh)
+    step_fn = run.step
     loop_cfg = loop.LoopConfig(total_steps=steps, steps_per_epoch=steps_per_epoch, batch_size=batch,
                                log_every=int(config.train.log_every), ckpt_every=int(config.train.ckpt_every),
                                desc=config.mode, postfix=task.postfix)
