@@ -6,6 +6,7 @@ replicated, or, when fsdp > 1, their largest divisible dimension is sharded over
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -63,6 +64,40 @@ def tree_shardings(tree: Any, mesh: jax.sharding.Mesh, min_size: int = 2**18) ->
         return NamedSharding(mesh, param_spec(shape, fsdp, min_size))
 
     return map_with_names(rule, tree)
+
+
+class FsdpLayout:
+    """Where a step keeps its parameters when fsdp > 1: stored sharded (the state's shardings) and
+    gathered whole where the forward pass uses them (one all-gather per parameter, which XLA
+    schedules next to its use), with each gradient reduce-scattered straight back to its
+    parameter's sharding. Without these constraints the partitioner is free to keep a weight
+    sharded and gather the activations that meet it instead: at a data x fsdp mesh it did, over
+    the batch (docs/tpu.md has the measurements)."""
+
+    def __init__(self, mesh: jax.sharding.Mesh, param_shardings: Any):
+        self.param_shardings = param_shardings
+        self.whole = NamedSharding(mesh, P())
+
+    def gather(self, params: Any) -> Any:
+        """`params` (any subset of the top-level groups) whole on every device, differentiably."""
+        specs = {k: self.param_shardings[k] for k in params} if isinstance(params, dict) else self.param_shardings
+        return jax.tree.map(lambda x, s: _gather(x, self.whole, s), params, specs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gather(x: jax.Array, whole: NamedSharding, sharded: NamedSharding) -> jax.Array:
+    return jax.lax.with_sharding_constraint(x, whole)
+
+
+def _gather_fwd(x, whole, sharded):
+    return jax.lax.with_sharding_constraint(x, whole), None
+
+
+def _gather_bwd(whole, sharded, _, g):
+    return (jax.lax.with_sharding_constraint(g, sharded),)
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
 
 
 def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh, process_count: int = 1) -> None:

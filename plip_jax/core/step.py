@@ -31,15 +31,19 @@ def split_trainable(params: dict, trainable: Sequence[str] | None) -> tuple[dict
 
 
 def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: Callable[[jax.Array], jax.Array],
-              trainable: Sequence[str] | None = None) -> Callable:
-    """The pure step function (jit it with `jit_step`); `tx` is over the trainable groups only."""
+              trainable: Sequence[str] | None = None, layout: Any = None) -> Callable:
+    """The pure step function (jit it with `jit_step`); `tx` is over the trainable groups only.
+    `layout` (core.sharding.FsdpLayout, for fsdp > 1) gathers the sharded parameters whole where
+    the passes use them and reduce-scatters their gradients back: FSDP as designed, not left to
+    the partitioner's choice."""
 
     def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(rng, state.step)
         trained, fixed = split_trainable(state.params, trainable)
 
         def objective(p):
-            return loss_fn(p if not fixed else {**p, **fixed}, state.batch_stats, batch, rng)
+            whole = p if not fixed else {**p, **fixed}
+            return loss_fn(whole if layout is None else layout.gather(whole), state.batch_stats, batch, rng)
 
         (loss, (metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(trained)
         updates, opt_state = tx.update(grads, state.opt_state, trained)

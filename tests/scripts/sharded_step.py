@@ -14,15 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tiny import tiny_config  # noqa: E402
 
-from plip_jax.core import optim
-from plip_jax.core import sharding as shd
-from plip_jax.core import state as state_lib
-from plip_jax.data import sources as data_setup
 from plip_jax.data import synthetic  # noqa: E402
-from plip_jax.losses.total import active_tasks
-from plip_jax.models import text_tower  # noqa: E402
-from plip_jax.models.plip import build_model  # noqa: E402
-from plip_jax.trainers.pretrain_step import jit_train_step, make_train_step  # noqa: E402
+from plip_jax.trainers import build  # noqa: E402
 
 
 def run(devices, data: int, fsdp: int) -> dict:
@@ -38,16 +31,12 @@ def run(devices, data: int, fsdp: int) -> dict:
     # a 1e-7 relative perturbation of the parameters moves the second step's gradient norm by ~5% on
     # ONE device, so no layout could match another there (see docs/contracts.md, "Sharding parity").
     c.model.recipe = "release"
-    text_cfg, _ = text_tower.from_config(c.model)
-    model = build_model(c.model, text_cfg, active_tasks(dict(c.losses.weights)))
-    mesh = shd.make_mesh(data, fsdp, devices=devices)
-    rng = state_lib.init_key(0)
-    example = data_setup.example_batch(c, text_cfg)
-    abstract = state_lib.abstract_state(model, __import__("optax").identity(), example, rng)
-    tx, schedule = optim.make_optimizer(c.optim, abstract.params, 10, 10, 16)
-    state, shardings = state_lib.create_state(model, tx, example, 0, mesh, min_size=64)
-    bsh = shd.batch_sharding(mesh)
-    step = jit_train_step(make_train_step(model, tx, c.losses, schedule), shardings, bsh, mesh)
+    c.mesh.data, c.mesh.fsdp, c.mesh.fsdp_min_size = data, fsdp, 64
+    c.train.steps = 10
+    # The run builder of every real run (fsdp > 1 brings its FsdpLayout: gathered parameters,
+    # reduce-scattered gradients).
+    built = build.pretraining(c, steps_per_epoch=10, devices=devices)
+    state, bsh, step = built.fresh_state(0), built.run.batch_sharding, built.run.step
     losses = []
     for k in range(3):
         b = synthetic.synthetic_batch(16, (64, 32), 16, 4, num_ids=6, seed=k)
