@@ -47,6 +47,7 @@ def model_config(recipe: str = "release") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         recipe=recipe,                       # 'release' (attnpool + pooler) | 'paper_v2' (max+Dense, mean)
         dtype="float32",                     # compute dtype: 'float32' | 'bfloat16' (params stay fp32)
+        remat="none",                        # 'blocks': recompute ResNet blocks / BERT layers in backward
         # pool: None = the recipe's global pooling (release: attnpool, paper_v2: max + Dense); 'attn'|'max'
         image=dict(layers=(3, 4, 6, 3), width=64, heads=8, output_dim=768, input_size=(256, 128),
                    pool=config_dict.placeholder(str)),

@@ -137,3 +137,26 @@ def test_iap_stride_and_several_images_per_caption():
     c.model.iap.sample_stride, c.model.tic.sample_stride = 1, 0
     with pytest.raises(ValueError, match="tic.sample_stride must be an integer >= 1"):
         build_model(c.model, text_cfg)
+
+
+def test_remat_blocks_recompute_the_same_losses_gradients_and_statistics():
+    """config.model.remat='blocks' (recompute ResNet blocks and BERT layers in the backward pass)
+    changes memory, not the step: same parameter names, loss, gradients and BN statistics."""
+    from plip_jax.trainers.pretrain_step import pretrain_loss
+
+    c, text_cfg, batch, variables = _setup()
+    outs = {}
+    for remat in ("none", "blocks"):
+        cfg = c.copy_and_resolve_references()
+        cfg.model.remat = remat
+        model = build_model(cfg.model, text_cfg, tasks=("ivlc", "tic", "iap"))
+        loss_fn = pretrain_loss(model, cfg.losses)
+        grad = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, variables["batch_stats"], batch, jax.random.key(3)),
+                                          has_aux=True))
+        (loss, (_, stats)), grads = grad(variables["params"])
+        outs[remat] = (loss, grads, stats)
+    (l0, g0, s0), (l1, g1, s1) = outs["none"], outs["blocks"]
+    assert jax.tree.structure(g0) == jax.tree.structure(g1)
+    np.testing.assert_allclose(float(l0), float(l1), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g0) + jax.tree.leaves(s0), jax.tree.leaves(g1) + jax.tree.leaves(s1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -233,11 +233,13 @@ class BertLayer(nn.Module):
 
 
 class BertLayerCollection(nn.Module):
-    """The stack of layers named '0', '1', ...; gradients stop after the first `frozen_layers`."""
+    """The stack of layers named '0', '1', ...; gradients stop after the first `frozen_layers`.
+    `remat`: each trained layer's activations are recomputed in the backward pass instead of kept."""
 
     config: BertConfig
     dtype: Dtype = jnp.float32
     frozen_layers: int = 0
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask_bias: Array, deterministic: bool) -> Array:
@@ -245,8 +247,10 @@ class BertLayerCollection(nn.Module):
             # Embeddings are frozen together with the first layers: cut the graph before layer 0 too,
             # so no backward pass is built through them at all.
             x = jax.lax.stop_gradient(x)
+        remat_layer = nn.remat(BertLayer, static_argnums=(3,))
         for i in range(self.config.num_hidden_layers):
-            x = BertLayer(self.config, self.dtype, name=str(i))(x, mask_bias, deterministic)
+            layer = remat_layer if self.remat and i >= self.frozen_layers else BertLayer
+            x = layer(self.config, self.dtype, name=str(i))(x, mask_bias, deterministic)
             if i < self.frozen_layers:
                 x = jax.lax.stop_gradient(x)
         return x
@@ -258,10 +262,11 @@ class BertEncoder(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     frozen_layers: int = 0
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask_bias: Array, deterministic: bool) -> Array:
-        return BertLayerCollection(self.config, self.dtype, self.frozen_layers, name="layer")(
+        return BertLayerCollection(self.config, self.dtype, self.frozen_layers, self.remat, name="layer")(
             x, mask_bias, deterministic)
 
 
@@ -305,6 +310,7 @@ class Bert(nn.Module):
     dtype: Dtype = jnp.float32
     frozen_layers: int = 0
     add_pooler: bool = True
+    remat: bool = False             # recompute each trained layer in the backward pass (memory for FLOPs)
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None,
@@ -323,7 +329,7 @@ class Bert(nn.Module):
         mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                               jnp.finfo(jnp.float32).min).astype(jnp.float32)
         x = BertEmbeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
-        x = BertEncoder(cfg, self.dtype, max(self.frozen_layers, 0), name="encoder")(
+        x = BertEncoder(cfg, self.dtype, max(self.frozen_layers, 0), self.remat, name="encoder")(
             x, mask_bias, deterministic)
         pooled = BertPooler(cfg, self.dtype, name="pooler")(x).astype(jnp.float32) if self.add_pooler else None
         return x.astype(jnp.float32), pooled

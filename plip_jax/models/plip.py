@@ -63,6 +63,7 @@ class PLIP(nn.Module):
     iap_stride: int = 1
     tic_stride: int = 1
     dtype: Any = jnp.float32
+    remat: bool = False     # recompute encoder blocks in the backward pass (config.model.remat='blocks')
 
     def setup(self) -> None:
         if self.recipe not in RECIPES:
@@ -73,8 +74,9 @@ class PLIP(nn.Module):
         self.image = ModifiedResNet(
             layers=tuple(self.image_layers), width=self.image_width, heads=self.image_heads,
             output_dim=self.output_dim, input_size=tuple(self.input_size),
-            pool=image_pool(self.recipe, self.image_pool), dtype=self.dtype)
-        self.text = Bert(self.text_config, dtype=self.dtype, frozen_layers=self.frozen_text_layers)
+            pool=image_pool(self.recipe, self.image_pool), dtype=self.dtype, remat=self.remat)
+        self.text = Bert(self.text_config, dtype=self.dtype, frozen_layers=self.frozen_text_layers,
+                         remat=self.remat)
         if "tic" in self.tasks:
             self.tic = ColorizationDecoder(text_dim=self.text_config.hidden_size,
                                            fpn_dim=self.fpn_dim, dtype=self.dtype)
@@ -149,6 +151,9 @@ def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(model_cfg.dtype))
     if dtype is None:
         raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {model_cfg.dtype!r}")
+    remat = str(model_cfg.get("remat", "none"))
+    if remat not in ("none", "blocks"):
+        raise ValueError(f"config.model.remat must be 'none' or 'blocks', got {remat!r}")
     iap_stride = _stride(model_cfg.iap, "iap")
     tic_stride = _stride(model_cfg.tic, "tic")
     if int(img.output_dim) != text_config.hidden_size:
@@ -165,4 +170,5 @@ def build_model(model_cfg, text_config: BertConfig, tasks: Sequence[str] = TASKS
         gray_updates_bn_stats=bool(model_cfg.tic.get("gray_updates_bn_stats", False)),
         iap_fusion=model_cfg.iap.fusion,
         iap_layers=int(model_cfg.iap.num_layers), iap_heads=int(model_cfg.iap.heads),
-        iap_mlp_dim=int(model_cfg.iap.mlp_dim), iap_stride=iap_stride, tic_stride=tic_stride, dtype=dtype)
+        iap_mlp_dim=int(model_cfg.iap.mlp_dim), iap_stride=iap_stride, tic_stride=tic_stride, dtype=dtype,
+        remat=remat == "blocks")

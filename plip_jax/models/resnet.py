@@ -140,17 +140,20 @@ class Bottleneck(nn.Module):
 
 
 class ResLayer(nn.Module):
-    """One stage (PyTorch ``layerS``): ``blocks`` Bottlenecks named '0', '1', ...; stride on block 0."""
+    """One stage (PyTorch ``layerS``): ``blocks`` Bottlenecks named '0', '1', ...; stride on block 0.
+    ``remat``: each block's activations are recomputed in the backward pass instead of kept."""
 
     planes: int
     blocks: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, update_stats: bool = True) -> Array:
+        block = nn.remat(Bottleneck, static_argnums=(2, 3)) if self.remat else Bottleneck
         for i in range(self.blocks):
-            x = Bottleneck(
+            x = block(
                 planes=self.planes, stride=self.stride if i == 0 else 1, dtype=self.dtype, name=str(i)
             )(x, train, update_stats)
         return x
@@ -220,6 +223,7 @@ class ModifiedResNet(nn.Module):
     input_size: tuple[int, int] = (256, 128)
     pool: str = "attn"
     dtype: Dtype = jnp.float32
+    remat: bool = False             # recompute each bottleneck in the backward pass (memory for FLOPs)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False,
@@ -246,6 +250,7 @@ class ModifiedResNet(nn.Module):
                 blocks=blocks,
                 stride=1 if i == 0 else 2,
                 dtype=self.dtype,
+                remat=self.remat,
                 name=f"layer{i + 1}",
             )(x, train, update_stats)
             feats.append(x)
