@@ -16,7 +16,7 @@ LAYERS = [
     {"evals"},
     {"api"},
     {"trainers", "tools"},
-    {"main", "search", "report"},   # the commands (search/report: `python -m` names of tools/)
+    {"main", "search", "report", "serve", "aot"},   # the commands (`python -m` names of tools/)
     {"__init__"},                   # plip_jax.from_pretrained (a lazy import of api)
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}

@@ -101,6 +101,16 @@ class Embedder:
 
         return cls(img_fn, txt_fn if text_model is not None else None, batch_size, sharding)
 
+    @property
+    def image_step(self) -> Callable:
+        """The jitted image encoder `(variables, uint8 images) -> (B, D)` (ahead-of-time lowering)."""
+        return self._img
+
+    @property
+    def text_step(self) -> Callable:
+        """The jitted text encoder `(variables, ids, mask) -> (B, D)` (ahead-of-time lowering)."""
+        return self._txt
+
     def with_batch_size(self, batch_size: int) -> "Embedder":
         """The same jitted encoders (no recompile) at another padded batch size."""
         import copy
