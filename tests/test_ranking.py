@@ -14,14 +14,9 @@ import warnings
 import numpy as np
 import pytest
 
-import plip_jax.evals.retrieval as R
-from plip_jax.evals.retrieval import (
-    GalleryIdIndex,
-    match_ranks,
-    metrics_from_similarity,
-    retrieval_metrics,
-    similarity_topk,
-)
+import plip_jax.evals.ranking as ranking
+from plip_jax.evals.ranking import GalleryIdIndex, match_ranks, similarity_topk
+from plip_jax.evals.retrieval import metrics_from_similarity, retrieval_metrics
 
 
 def _brute_ranks(sim: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray) -> list[list[int]]:
@@ -66,9 +61,9 @@ def test_counted_ranks_equal_stable_argsort(seed, block):
 
 def test_threaded_small_chunks_equal_stable_argsort(monkeypatch):
     """Chunks of 3 rows (not dividing the block) spread over 2 threads: same ranks."""
-    monkeypatch.setattr(R, "_CHUNK_ELEMS", 3 * 101)
-    monkeypatch.setattr(R, "_THREAD_MIN_ELEMS", 0)
-    monkeypatch.setattr(R, "_num_threads", lambda: 2)
+    monkeypatch.setattr(ranking, "_CHUNK_ELEMS", 3 * 101)
+    monkeypatch.setattr(ranking, "_THREAD_MIN_ELEMS", 0)
+    monkeypatch.setattr(ranking, "_num_threads", lambda: 2)
     sim, q_ids, g_ids = _tied_case(7, nq=40, ng=101, levels=3)
     assert _ranks_from_blocks(sim, q_ids, g_ids, 29, "count") == _brute_ranks(sim, q_ids, g_ids)
 

@@ -4,9 +4,10 @@ For each query the gallery items with the same id *and* the same camera are remo
 ranking (junk), as are gallery items with a negative id (Market-1501 ``-1`` junk images). All ids
 >= 0 are ordinary identities: Market's ``0000`` distractors never share a query id, so they stay
 in the ranking as negatives (this also keeps MSMT17, whose real ids start at 0, correct). Matches
-are the same id seen by a different camera. Ranking, AP conventions and percent outputs are those
-of :mod:`plip_jax.evals.retrieval`: ``mAP`` is the non-interpolated AP (BoT / torchreid),
-``mAP_official`` the trapezoid AP of the Market devkit and the official PLIP scripts.
+are the same id seen by a different camera. Ranking (:mod:`plip_jax.evals.ranking`), AP conventions
+and percent outputs (:mod:`plip_jax.evals.retrieval`) are those of text retrieval: ``mAP`` is the
+non-interpolated AP (BoT / torchreid), ``mAP_official`` the trapezoid AP of the Market devkit and the
+official PLIP scripts.
 """
 from __future__ import annotations
 
@@ -14,17 +15,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from plip_jax.evals.retrieval import (
+from plip_jax.evals.ranking import (
     GalleryIdIndex,
-    RankingAccumulator,
     RankMethod,
-    _as_embeddings,
-    _as_ids,
-    _check_common,
-    _similarity_blocks,
+    as_embeddings,
+    as_ids,
     compact,
     match_ranks,
+    similarity_blocks,
 )
+from plip_jax.evals.retrieval import RankingAccumulator, check_metric_args
 
 
 def _market_block(
@@ -46,10 +46,10 @@ def _market_block(
 
 
 def _check_reid_labels(q_ids, g_ids, q_cams, g_cams, nq: int, ng: int):
-    q_ids = _as_ids(q_ids, nq, "q_ids")
-    g_ids = _as_ids(g_ids, ng, "g_ids")
-    q_cams = _as_ids(q_cams, nq, "q_cams")
-    g_cams = _as_ids(g_cams, ng, "g_cams")
+    q_ids = as_ids(q_ids, nq, "q_ids")
+    g_ids = as_ids(g_ids, ng, "g_ids")
+    q_cams = as_ids(q_cams, nq, "q_cams")
+    g_cams = as_ids(g_cams, ng, "g_cams")
     if (q_ids < 0).any():
         raise ValueError("q_ids must be >= 0: negative ids mark junk images, which cannot be queries")
     if (q_cams < 0).any() or (g_cams < 0).any():
@@ -72,8 +72,8 @@ def reid_metrics_from_similarity(
     count_empty_queries: bool = False,
 ) -> dict:
     """Market-1501 ReID metrics from a precomputed (Q, G) similarity (higher = more similar)."""
-    ks = _check_common(ks, block_size, method)
-    sim = _as_embeddings(sim, "sim")
+    ks = check_metric_args(ks, block_size, method)
+    sim = as_embeddings(sim, "sim")
     q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
         q_ids, g_ids, q_cams, g_cams, sim.shape[0], sim.shape[1]
     )
@@ -106,15 +106,15 @@ def reid_metrics(
     ``num_gallery``; queries left without any cross-camera match are handled as in
     :func:`plip_jax.evals.retrieval.retrieval_metrics`.
     """
-    ks = _check_common(ks, block_size, method)
-    q = _as_embeddings(query_emb, "query_emb")
-    g = _as_embeddings(gallery_emb, "gallery_emb")
+    ks = check_metric_args(ks, block_size, method)
+    q = as_embeddings(query_emb, "query_emb")
+    g = as_embeddings(gallery_emb, "gallery_emb")
     q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
         q_ids, g_ids, q_cams, g_cams, q.shape[0], g.shape[0]
     )
     index, junk = GalleryIdIndex(g_ids), np.nonzero(g_ids < 0)[0]
     acc = RankingAccumulator(ks, count_empty_queries)
-    for lo, sim in _similarity_blocks(q, g, int(block_size), normalize):
+    for lo, sim in similarity_blocks(q, g, int(block_size), normalize):
         sl = slice(lo, lo + sim.shape[0])
         block = _market_block(sim, index, q_ids[sl], q_cams[sl], g_cams, junk)
         acc.add(*match_ranks(*block, method))
