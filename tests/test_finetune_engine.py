@@ -148,7 +148,7 @@ def test_text_reid_crash_resume_matches_uninterrupted(tmp_path):
     common = [f"--config.data.data_dir={tmp_path / 'data'}", "--config.train.ckpt_every=2"]
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     _ok(_main(full, "task=text_reid,steps=4", *common, config=CFG))
-    p = _main(crashed, "task=text_reid,steps=4", *common, config=CFG, extra_env={"PLIP_CRASH_AFTER_CHECKPOINT": "2"})
+    p = _main(crashed, "task=text_reid,steps=4", *common, config=CFG, crash_after_checkpoint=2)
     assert p.returncode == 3, p.stderr[-2000:]
     resumed = _main(crashed, "task=text_reid,steps=4", *common, config=CFG)
     _ok(resumed)

@@ -14,12 +14,16 @@ import pytest
 from conftest import ROOT, subprocess_env
 
 MAIN = [sys.executable, "-m", "plip_jax.main"]
+# plip_jax.main with a crash right after a checkpoint (the script patches Checkpointer.save).
+MAIN_WITH_FAULT = [sys.executable, str(ROOT / "tests" / "scripts" / "main_with_fault.py")]
 
 
 def _main(workdir: Path, cfg_arg: str, *overrides: str, devices: int = 1, extra_env=None,
-          config: str = "tests/tiny_cfg.py", **kw) -> subprocess.CompletedProcess:
+          config: str = "tests/tiny_cfg.py", crash_after_checkpoint: int = 0,
+          **kw) -> subprocess.CompletedProcess:
     env = subprocess_env(devices, **(extra_env or {}))
-    return subprocess.run([*MAIN, "--config", f"{config}:{cfg_arg}" if cfg_arg else config,
+    cmd = [*MAIN_WITH_FAULT, f"--crash-after-checkpoint={crash_after_checkpoint}"] if crash_after_checkpoint else MAIN
+    return subprocess.run([*cmd, "--config", f"{config}:{cfg_arg}" if cfg_arg else config,
                            "--workdir", str(workdir), *overrides], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=kw.get("timeout", 900))
 
@@ -37,7 +41,7 @@ def _ok(p: subprocess.CompletedProcess) -> None:
 def test_resume_after_crash_matches_uninterrupted(tmp_path):
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     _ok(_main(full, "steps=4"))
-    p = _main(crashed, "steps=4", extra_env={"PLIP_CRASH_AFTER_CHECKPOINT": "2"})
+    p = _main(crashed, "steps=4", crash_after_checkpoint=2)
     assert p.returncode == 3, p.stderr[-2000:]
     assert sorted(_losses(crashed)) == [1, 2]
     resumed = _main(crashed, "steps=4")

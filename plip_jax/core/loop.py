@@ -88,8 +88,6 @@ def run(cfg: LoopConfig, *, state: Any, step_fn: Callable, data: TrainData, batc
     def save(step: int) -> None:
         ckpt.save(step, state, save_config, data.state(), force=True)
 
-    fault_step = int(os.environ.get("PLIP_CRASH_AFTER_CHECKPOINT", "0") or 0)
-    hold_step = int(os.environ.get("PLIP_HOLD_AFTER_CHECKPOINT", "0") or 0)  # wait there to be killed
     pending: list[tuple[int, dict]] = []
     step = start_step
     t_last, n_last = time.time(), 0
@@ -151,17 +149,6 @@ def run(cfg: LoopConfig, *, state: Any, step_fn: Callable, data: TrainData, batc
                 flush_pending()
                 with window.exclude():
                     save(step)
-                if hold_step and step == hold_step:
-                    # Fault injection for kill-and-resume (bench/rehearsal.py): the checkpoint is
-                    # written, then the run waits for its SIGKILL at a known point.
-                    ckpt.wait()
-                    print(f"PLIP_HOLD: checkpoint {step} written; waiting to be killed", flush=True)
-                    while True:
-                        time.sleep(60)
-                if fault_step and step == fault_step:
-                    # Fault injection for resume tests: a hard crash right after a checkpoint.
-                    ckpt.wait()
-                    os._exit(3)
             if stop["signal"] is not None:
                 flush_pending()
                 if ckpt.latest_step() != step:  # a SIGTERM at a checkpoint step: saved just above
