@@ -7,6 +7,7 @@ dirs (via `plip_jax.core.checkpoint.restore_for_inference`). Preprocessing is th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -281,8 +282,9 @@ def _text_config_from_train(model_cfg: Mapping) -> dict:
     from plip_jax.models import text_tower
 
     text = model_cfg.get("text") or {}
-    init = text.get("init", "bert-base") if isinstance(text, Mapping) else "bert-base"
-    return text_tower.architecture(str(init)).to_dict()  # the weights are in the checkpoint
+    text = text if isinstance(text, Mapping) else {}
+    # The weights are in the checkpoint; the shape is `init`'s, cut to `num_layers` when set.
+    return text_tower.architecture(str(text.get("init", "bert-base")), None, text.get("num_layers")).to_dict()
 
 
 def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
@@ -290,6 +292,11 @@ def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
     from plip_jax.core import checkpoint
 
     variables, cfg = checkpoint.restore_for_inference(path)
+    return _orbax_model(path, variables, cfg, recipe)
+
+
+def _orbax_model(path: str | os.PathLike, variables: Mapping, cfg: Mapping, recipe: str | None = None) -> PLIPModel:
+    """PLIPModel of restored training variables and the config stored with them."""
     if "image" in cfg and "text" in cfg:
         arch = dict(cfg)
     else:
@@ -312,6 +319,40 @@ def from_orbax(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
     tok = _find_tokenizer(workdir / TOKENIZER_DIR, Path(tok_dir) if tok_dir else None,
                           max_length=int(arch.get("max_length", MAX_LENGTH)))
     return _checked_model(arch, variables, tok, f"checkpoint {path}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """A pre-training checkpoint with its pretext heads (what `python -m plip_jax.report` draws)."""
+
+    model: PLIPModel               # the encoders, tokenizer and preprocessing, as from_pretrained loads them
+    module: Any                    # plip_jax.models.plip.PLIP with the heads of the trained tasks
+    variables: dict                # the whole {'params', 'batch_stats'} tree of `module` (host arrays)
+    config: Any                    # the run's config (ml_collections.ConfigDict)
+    tasks: tuple[str, ...]         # pretext tasks with a non-zero loss weight
+    step: int
+
+
+def load_training_run(path: str | os.PathLike) -> TrainingRun:
+    """The latest (or given) checkpoint of a pre-training workdir / step dir: `from_pretrained`'s
+    encoders, plus the whole PLIP module with the heads of the run's tasks and its variables."""
+    import ml_collections
+
+    from plip_jax.core import checkpoint
+    from plip_jax.losses.total import active_tasks
+    from plip_jax.models.bert import BertConfig
+    from plip_jax.models.plip import build_model
+
+    _, step = checkpoint.find_checkpoint(path)
+    variables, cfg = checkpoint.restore_for_inference(path)
+    if "model" not in cfg or "losses" not in cfg:
+        raise CheckpointError(f"{path}: the checkpoint config is not a training run's (no model/losses)")
+    model = _orbax_model(path, variables, cfg)
+    config = ml_collections.ConfigDict(
+        {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "text_config"}})
+    tasks = active_tasks(dict(config.losses.weights))
+    module = build_model(config.model, BertConfig.from_dict(dict(model.config["text"])), tasks)
+    return TrainingRun(model, module, variables, config, tasks, step)
 
 
 def from_pretrained(path: str | os.PathLike, recipe: str | None = None) -> PLIPModel:
@@ -340,4 +381,5 @@ def from_pretrained(path: str | os.PathLike, recipe: str | None = None) -> PLIPM
         "pass an official .pth.tar file")
 
 
-__all__ = ["PLIPModel", "from_pretrained", "from_official", "from_saved", "from_orbax", "RECIPES"]
+__all__ = ["PLIPModel", "from_pretrained", "from_official", "from_saved", "from_orbax", "RECIPES",
+           "TrainingRun", "load_training_run"]

@@ -48,6 +48,21 @@ def test_join_tokens_merges_word_pieces():
     assert R._join_tokens(["a", "red", "##dish", "[MASK]", "coat"]) == "a reddish [MASK] coat"
 
 
+def test_page_escapes_text_and_bolds_masks():
+    rows = [{"id": 3, "masked_caption": "a <red> [MASK] coat", "predicted": ["red", "x&"], "truth": ["red", "blue"],
+             "correct": 1, "masked": 2}]
+    table = R.render_page(title="IAP", attributes=rows, attributes_only=True)
+    assert "a &lt;red&gt; <b>[MASK]</b> coat" in table and "<h1>" not in table
+    assert '<span class="ok">red</span> <span class="bad">x&amp;</span>' in table
+    page = R.render_page(title="T <1>", workdir="/w", examples_from="synthetic (test)", split="test",
+                         eval_rows=[("val", {"R1": 12.5})], retrieval={"num_captions": 8, "num_gallery": 4,
+                                                                       "R1_all_captions": 50.0},
+                         attributes=None, notes=["a & b"])
+    assert "<h1>T &lt;1&gt;</h1>" in page and "<td>12.50</td><td>-</td>" in page and "<li>a &amp; b</li>" in page
+    assert set(re.findall(r"src='([^']+)'", page)) == {"losses.png", "retrieval.png"}
+    assert "Colorization" not in page and "Attribute prediction" not in page
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert R.main(["--workdir", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err

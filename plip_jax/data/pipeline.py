@@ -110,6 +110,12 @@ def _num_captions(example: Mapping[str, Any]) -> int:
     return len(_captions(example)) + (1 if _text(example.get("prompt_caption", b"")) else 0)
 
 
+def captions_with_spans(example: Mapping[str, Any]) -> list[tuple[str, list]]:
+    """Every caption of a raw example with its attribute-phrase spans, in caption-slot order (the
+    `captions`, then the prompt caption when there is one), as training reads them."""
+    return [_caption_and_spans(example, slot) for slot in range(_num_captions(example))]
+
+
 # ---------------------------------------------------------------------------------------------
 # Fast reads of TFDS array_record sources
 # ---------------------------------------------------------------------------------------------
@@ -524,4 +530,4 @@ def load_eval_split(source: Sequence[Mapping[str, Any]], tokenizer, image_size: 
 
 
 __all__ = ["DataConfig", "CaptionIndex", "TrainData", "TrainFieldsView", "train_fields_view",
-           "make_train_dataset", "global_batch", "load_eval_split", "BATCH_KEYS", "SAMPLERS"]
+           "make_train_dataset", "global_batch", "load_eval_split", "captions_with_spans", "BATCH_KEYS", "SAMPLERS"]

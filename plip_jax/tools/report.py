@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import html
 import json
 import math
 import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from plip_jax.data.transforms import MEAN, STD
 
+if TYPE_CHECKING:
+    from plip_jax.api import TrainingRun
+
 LOSS_KEYS = (("loss", "total (weighted)"), ("loss_ivlc", "IVLC (CMPM)"), ("loss_tic", "TIC (colorization)"),
              ("loss_iap", "IAP (attribute prediction)"))
-METRIC_COLS = ("R1", "R5", "R10", "mAP", "mAP_official", "mINP")
+TEMPLATE = "report.html"  # plip_jax/tools/templates/: index.html and attributes.html
 
 
 class ReportError(RuntimeError):
@@ -119,46 +121,8 @@ def plot_losses(series: dict[str, list[tuple[int, float]]], out: str | os.PathLi
 
 
 # --------------------------------------------------------------------------------------------
-# The run: config, full model (with heads), variables, tokenizer
+# Helpers
 # --------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Run:
-    workdir: Path
-    config: Any  # ml_collections.ConfigDict
-    variables: dict
-    model: Any  # plip_jax.models.plip.PLIP
-    tokenizer: Any
-    tasks: tuple[str, ...]
-    step: int
-
-
-def load_run(workdir: str | os.PathLike) -> Run:
-    """Restore the latest checkpoint of a run workdir into the full PLIP module (heads included)."""
-    import ml_collections
-
-    from plip_jax.core import checkpoint as ckpt_lib
-    from plip_jax.data.tokenizer import load_tokenizer
-    from plip_jax.losses.total import active_tasks
-    from plip_jax.models import text_tower
-    from plip_jax.models.bert import BertConfig
-    from plip_jax.models.plip import build_model
-
-    workdir = Path(workdir)
-    _, step = ckpt_lib.find_checkpoint(workdir)
-    variables, cfg = ckpt_lib.restore_for_inference(workdir)
-    if "model" not in cfg or "losses" not in cfg:
-        raise ReportError(f"{workdir}: the checkpoint config is not a training run's (no model/losses)")
-    text_dict = cfg["model"].pop("text_config", None)
-    config = ml_collections.ConfigDict(cfg)
-    text_cfg = BertConfig.from_dict(text_dict) if text_dict else text_tower.architecture_from_config(config.model)
-    tasks = active_tasks(dict(config.losses.weights))
-    model = build_model(config.model, text_cfg, tasks)
-    tok_dir = workdir / "tokenizer"
-    tok_path = tok_dir if (tok_dir / "vocab.txt").is_file() else config.data.get("tokenizer_dir", None)
-    tokenizer = load_tokenizer(tok_path, max_length=int(config.data.max_length))
-    return Run(workdir, config, variables, model, tokenizer, tasks, step)
-
-
 def _unnormalize(x: np.ndarray) -> np.ndarray:
     """Normalised float image (H, W, 3) -> float RGB in [0, 1] for display."""
     return np.clip(np.asarray(x, np.float32) * np.asarray(STD) + np.asarray(MEAN), 0.0, 1.0)
@@ -188,16 +152,15 @@ class Examples:
     source: str
 
 
-def _masked_caption(run: Run, ex: dict, ratio: float, rng: np.random.Generator) -> tuple[dict, tuple]:
+def _masked_caption(run: TrainingRun, ex: dict, ratio: float, rng: np.random.Generator) -> tuple[dict, tuple]:
     """Tokenize a caption of `ex` and mask its attribute phrases as in training (probability `ratio`);
     when nothing gets masked, every phrase that fits is masked, trying each caption in turn."""
     from plip_jax.data import masking
-    from plip_jax.data.pipeline import _caption_and_spans, _num_captions
+    from plip_jax.data.pipeline import captions_with_spans
 
-    d, tok = run.config.data, run.tokenizer
+    d, tok = run.config.data, run.model.tokenizer
     first = None
-    for slot in range(max(1, _num_captions(ex))):
-        caption, spans = _caption_and_spans(ex, slot)
+    for slot, (caption, spans) in enumerate(captions_with_spans(ex)):
         enc = tok.encode_with_offsets([caption], max_length=int(d.max_length))
         for r in ((ratio, 1.0) if slot == 0 else (1.0,)):
             out = masking.mask_phrases(enc["input_ids"][0], enc["offsets"][0], spans, r, rng,
@@ -205,23 +168,25 @@ def _masked_caption(run: Run, ex: dict, ratio: float, rng: np.random.Generator) 
             first = first or (enc, out)
             if out[3].any():
                 return enc, out
-    return first  # type: ignore[return-value]
+    if first is None:
+        raise ReportError(f"an example of the split has no caption: {ex.get('file_path', '?')!r}")
+    return first
 
 
-def load_examples(run: Run, split: str, num_examples: int, max_items: int = 1000, seed: int = 0) -> Examples:
+def load_examples(run: TrainingRun, split: str, num_examples: int, max_items: int = 1000,
+                  seed: int = 0) -> Examples:
     """Gallery + captions of `split`, and a head batch of `num_examples` examples of distinct identities."""
-    from plip_jax.data import sources as data_setup
-    from plip_jax.data import synthetic
+    from plip_jax.data import sources, synthetic
     from plip_jax.data.pipeline import load_eval_split
 
-    c = run.config
+    c, tok = run.config, run.model.tokenizer
     size = tuple(int(v) for v in c.model.image.input_size)
     d = c.data
-    vocab = run.model.text_config.vocab_size
+    vocab = run.module.text_config.vocab_size
     if d.name == "synthetic":
-        ev = data_setup.open_eval(c, run.tokenizer, split)
+        ev = sources.open_eval(c, tok, split)
         ids = np.minimum(ev["input_ids"], vocab - 1)
-        captions = [run.tokenizer.decode(r) for r in ids]
+        captions = [tok.decode(r) for r in ids]
         b = synthetic.synthetic_batch(num_examples, size, int(d.max_length), int(d.max_masked),
                                       vocab_size=max(vocab, 1001), num_ids=num_examples, seed=seed + 7)
         for k in ("input_ids", "masked_input_ids", "mlm_labels"):
@@ -229,8 +194,8 @@ def load_examples(run: Run, split: str, num_examples: int, max_items: int = 1000
         return Examples(ev["images"], ev["image_ids"], captions, ids, ev["attention_mask"],
                         ev["caption_ids"], b, f"synthetic ({split})")
 
-    source = data_setup.open_source(d, split)
-    ev = load_eval_split(source, run.tokenizer, size, max_items=max_items, max_length=int(d.max_length))
+    source = sources.open_source(d, split)
+    ev = load_eval_split(source, tok, size, max_items=max_items, max_length=int(d.max_length))
     first: dict[int, int] = {}  # one example per identity, spread over the split
     for i, pid in enumerate(ev["image_ids"]):
         first.setdefault(int(pid), i)
@@ -254,18 +219,17 @@ def load_examples(run: Run, split: str, num_examples: int, max_items: int = 1000
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
-def retrieval_section(run: Run, ex: Examples, out: Path, num_queries: int, k: int = 5) -> list[dict]:
+def retrieval_section(run: TrainingRun, ex: Examples, out: Path, num_queries: int, k: int = 5) -> list[dict]:
     """Embed gallery and captions, rank, draw `num_queries` queries (distinct identities) with top-k.
 
     Returns one record per drawn query, then a last record with R@1 over all captions of the split.
     """
-    from plip_jax.evals.embed import Embedder
-    from plip_jax.evals.retrieval import similarity_topk
+    from plip_jax.evals.ranking import similarity_topk
     from plip_jax.tools.drawing import Tile, draw_rows
 
-    emb = Embedder.for_plip(run.model, batch_size=int(run.config.train.get("eval_batch_size", 64)))
-    gal = emb.images(run.variables, ex.images)
-    all_txt = emb.texts(run.variables, ex.input_ids, ex.attention_mask)
+    emb = run.model.embedder(batch_size=int(run.config.train.get("eval_batch_size", 64)))
+    gal = emb.images(run.model.variables, ex.images)
+    all_txt = emb.texts(run.model.variables, ex.input_ids, ex.attention_mask)
     first: dict[int, int] = {}
     for i, pid in enumerate(ex.caption_ids):
         first.setdefault(int(pid), i)
@@ -290,11 +254,11 @@ def retrieval_section(run: Run, ex: Examples, out: Path, num_queries: int, k: in
     return records + [{"R1_all_captions": r1, "num_captions": int(len(top1)), "num_gallery": int(len(gal))}]
 
 
-def heads_outputs(run: Run, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def heads_outputs(run: TrainingRun, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The pre-training forward (eval mode) on one batch: colour_pred, target, iap_logits, ..."""
     import jax
 
-    fn = jax.jit(lambda v, b: run.model.apply(v, b, train=False))
+    fn = jax.jit(lambda v, b: run.module.apply(v, b, train=False))
     out = fn({k: run.variables[k] for k in ("params", "batch_stats") if k in run.variables}, batch)
     return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
@@ -318,9 +282,9 @@ def colorization_section(ex: Examples, outputs: dict[str, np.ndarray], out: Path
     return {"mse": mse, "mean_mse": float(np.mean(mse))}
 
 
-def attribute_section(run: Run, ex: Examples, outputs: dict[str, np.ndarray]) -> list[dict]:
+def attribute_section(run: TrainingRun, ex: Examples, outputs: dict[str, np.ndarray]) -> list[dict]:
     """Per example: the masked caption, the predicted words and the true words at masked positions."""
-    tok = run.tokenizer
+    tok = run.model.tokenizer
     pred_ids = outputs["iap_logits"].argmax(-1)
     b = ex.batch
     special = {tok.pad_token_id, tok.cls_token_id, tok.sep_token_id}
@@ -334,19 +298,6 @@ def attribute_section(run: Run, ex: Examples, outputs: dict[str, np.ndarray]) ->
                      "predicted": tok.convert_ids_to_tokens(pred), "truth": tok.convert_ids_to_tokens(truth),
                      "correct": int(np.sum(pred == truth)), "masked": int(w.sum())})
     return rows
-
-
-def _attributes_html(rows: list[dict]) -> str:
-    def words(pred: list[str], truth: list[str]) -> str:
-        return " ".join(f'<span class="{"ok" if p == t else "bad"}">{html.escape(p)}</span>'
-                        for p, t in zip(pred, truth))
-
-    body = "".join(
-        f"<tr><td>{r['id']}</td><td>{html.escape(r['masked_caption']).replace('[MASK]', '<b>[MASK]</b>')}</td>"
-        f"<td>{words(r['predicted'], r['truth'])}</td><td>{html.escape(' '.join(r['truth']))}</td>"
-        f"<td>{r['correct']}/{r['masked']}</td></tr>" for r in rows)
-    return ("<table><tr><th>id</th><th>masked caption</th><th>predicted words</th><th>truth</th>"
-            f"<th>correct</th></tr>{body}</table>")
 
 
 def _attributes_text(rows: list[dict], width: int = 95) -> str:
@@ -398,26 +349,39 @@ def summary_figure(parts: dict[str, Path], attr_rows: list[dict] | None, title: 
 # --------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------
-_CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}img{max-width:100%}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
-.ok{color:#1a7e1a;font-weight:bold}.bad{color:#c62828;font-weight:bold}.note{color:#666}"""
+def render_page(**context: Any) -> str:
+    """The report page (templates/report.html) for `context`: title, workdir, examples_from, split,
+    eval_rows, retrieval, colorization, attributes, notes; `attributes_only=True` gives the table alone."""
+    import jinja2
+
+    from plip_jax.core.metrics import RETRIEVAL_COLUMNS
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("plip_jax.tools", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    rows = context.get("attributes")
+    if rows is not None:  # each predicted word with whether it is the true one
+        rows = [dict(r, words=[(p, p == t) for p, t in zip(r["predicted"], r["truth"])]) for r in rows]
+    defaults = dict(attributes_only=False, eval_rows=(), colorization=None, notes=(),
+                    metric_columns=RETRIEVAL_COLUMNS)
+    return env.get_template(TEMPLATE).render({**defaults, **context, "attributes": rows})
 
 
-def _metrics_table(eval_json: dict) -> str:
-    rows = [(eval_json.get("split", "test"), eval_json)]
+def _eval_rows(eval_json: dict | None) -> list[tuple[str, dict]]:
+    """eval.json -> [(split, metrics)]: its validation metrics first when it has them."""
+    if not eval_json:
+        return []
+    rows = [(str(eval_json.get("split", "test")), eval_json)]
     if isinstance(eval_json.get("val"), dict):
         rows.insert(0, ("val", eval_json["val"]))
-    head = "".join(f"<th>{c}</th>" for c in METRIC_COLS)
-    body = "".join(f"<tr><td>{html.escape(str(n))}</td>" + "".join(
-        f"<td>{m[c]:.2f}</td>" if isinstance(m.get(c), (int, float)) else "<td>-</td>" for c in METRIC_COLS)
-        + "</tr>" for n, m in rows)
-    return f"<table><tr><th>split</th>{head}</tr>{body}</table>"
+    return rows
 
 
 def write_report(workdir: str | os.PathLike, split: str | None = None, num_examples: int = 6,
                  max_items: int = 1000, progress: bool = True) -> Path:
     """Write WORKDIR/report/ (see the module docstring) and return the path of index.html."""
     from tqdm import tqdm
+
+    from plip_jax.api import load_training_run
 
     workdir = Path(workdir)
     if not workdir.is_dir():
@@ -438,7 +402,7 @@ def write_report(workdir: str | os.PathLike, split: str | None = None, num_examp
     parts["losses"] = plot_losses(series, out_dir / "losses.png")
     bar.update(1)
     bar.set_postfix_str("restoring the checkpoint")
-    run = load_run(workdir)
+    run = load_training_run(workdir)
     split = split or str(run.config.data.get("test_split", "test"))
     bar.update(1)
     bar.set_postfix_str(f"loading {split}")
@@ -459,7 +423,7 @@ def write_report(workdir: str | os.PathLike, split: str | None = None, num_examp
     if "iap_logits" in outputs:
         attr_rows = attribute_section(run, ex, outputs)
         (out_dir / "attributes.html").write_text(
-            f"<!doctype html><meta charset='utf-8'><style>{_CSS}</style>{_attributes_html(attr_rows)}",
+            render_page(title="attribute prediction (IAP)", attributes=attr_rows, attributes_only=True),
             encoding="utf-8")
     else:
         notes.append("the run did not train the IAP head (attribute prediction): no attribute examples")
@@ -474,32 +438,11 @@ def write_report(workdir: str | os.PathLike, split: str | None = None, num_examp
         {"step": run.step, "split": split, "examples_from": ex.source, "retrieval": retrieval,
          "colorization": colour, "attributes": attr_rows, "notes": notes}, indent=2))
 
-    stats = retrieval[-1]
-    sec = [f"<h1>{html.escape(title)}</h1>",
-           f"<p class=note>workdir {html.escape(str(workdir.resolve()))}; examples from {html.escape(ex.source)}; "
-           "one-page summary: <a href='summary.png'>summary.png</a></p>"]
-    if eval_json:
-        sec += ["<h2>Final evaluation (eval.json)</h2>", _metrics_table(eval_json)]
-    sec += ["<h2>Loss curves</h2>", "<img src='losses.png' alt='loss curves'>",
-            f"<h2>Text-to-image retrieval ({html.escape(split)})</h2>",
-            f"<p>Top-5 gallery images per query; a green frame is a true match (same identity), red is not. "
-            f"R@1 over all {stats['num_captions']} captions of the split against {stats['num_gallery']} images: "
-            f"{stats['R1_all_captions']:.1f}%.</p>", "<img src='retrieval.png' alt='retrieval examples'>"]
-    if colour is not None:
-        sec += ["<h2>Colorization (TIC)</h2>",
-                f"<p>Gray input, predicted colours, target. Mean squared error (normalised pixels): "
-                f"{colour['mean_mse']:.3f}.</p>", "<img src='colorization.png' alt='colorization examples'>"]
-    if attr_rows is not None:
-        right = sum(r["correct"] for r in attr_rows)
-        total = sum(r["masked"] for r in attr_rows)
-        sec += ["<h2>Attribute prediction (IAP)</h2>",
-                f"<p>Masked attribute phrases, the words the model predicts (green = right) and the truth: "
-                f"{right}/{total} masked tokens right.</p>", _attributes_html(attr_rows)]
-    if notes:
-        sec += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"]
     index = out_dir / "index.html"
-    index.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                     f"<style>{_CSS}</style></head><body>{''.join(sec)}</body></html>", encoding="utf-8")
+    index.write_text(render_page(
+        title=title, workdir=str(workdir.resolve()), examples_from=ex.source, split=split,
+        eval_rows=_eval_rows(eval_json), retrieval=retrieval[-1], colorization=colour, attributes=attr_rows,
+        notes=notes), encoding="utf-8")
     return index
 
 
@@ -510,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=6, help="examples per section")
     p.add_argument("--max-items", type=int, default=1000, help="at most this many gallery images")
     p.add_argument("--no-progress", action="store_true")
+    from plip_jax.core.checkpoint import CheckpointError
     from plip_jax.core.cli import add_debug_flag
 
     add_debug_flag(p)
@@ -520,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         index = write_report(args.workdir, args.split, args.examples, args.max_items,
                              progress=not args.no_progress and os.environ.get("PLIP_NO_PROGRESS") != "1")
-    except (ReportError, FileNotFoundError) as e:
+    except (ReportError, CheckpointError, FileNotFoundError) as e:
         from plip_jax.core.cli import reraise_if_debug
 
         reraise_if_debug()
