@@ -8,7 +8,7 @@ import pytest
 from tiny import config_file
 
 pretrain = config_file("pretrain")
-from plip_jax.data import sources as data_setup
+from plip_jax.data import sources
 from plip_jax.data.tokenizer import load_tokenizer
 from tests.fixtures.pedes import make_entries, write_dataset
 from tfds_synth_pedes import build as tb
@@ -79,10 +79,10 @@ def test_eval_plan_uses_the_training_sets_own_val_split(tmp_path):
     tb.build("synth_pedes", "full", tmp_path / "d", manual_dir=_manual(tmp_path / "m", 2), num_val_ids=1,
              num_test_ids=1)
     config = _config(tmp_path / "d", "full_v1_t1")
-    plan = data_setup.eval_plan(config)
+    plan = sources.eval_plan(config)
     assert (plan.own, plan.val, plan.test, plan.periodic, plan.message) == (True, "val", "test", "val", "")
     assert plan.name == "synth_pedes/full_v1_t1" and plan.key("val") == "val"
-    split = data_setup.open_eval(config, load_tokenizer(max_length=16), plan.val, plan.data)
+    split = sources.open_eval(config, load_tokenizer(max_length=16), plan.val, plan.data)
     assert len(set(split["image_ids"].tolist())) == 1 and split["images"].shape[1:] == (64, 32, 3)
 
 
@@ -91,11 +91,11 @@ def test_eval_plan_falls_back_to_a_built_cuhk_pedes(tmp_path):
     tb.build("synth_pedes", "full", data, manual_dir=_manual(tmp_path / "m", 1))
     tb.build("cuhk_pedes", None, data, manual_dir=write_dataset(tmp_path / "cuhk", "cuhk_pedes"))
     config = _config(data)
-    plan = data_setup.eval_plan(config)
+    plan = sources.eval_plan(config)
     assert (plan.own, plan.name, plan.val, plan.test) == (False, "cuhk_pedes/default", "val", "test")
     assert "every identity trains" in plan.message and "zero-shot on cuhk_pedes" in plan.message
     assert plan.key("test") == "cuhk_pedes/test"
-    split = data_setup.open_eval(config, load_tokenizer(max_length=16), plan.test, plan.data)
+    split = sources.open_eval(config, load_tokenizer(max_length=16), plan.test, plan.data)
     assert sorted(set(split["image_ids"].tolist())) == [5, 6]  # the fixture's CUHK test identities
     assert split["input_ids"].shape[1] == 16
 
@@ -103,20 +103,20 @@ def test_eval_plan_falls_back_to_a_built_cuhk_pedes(tmp_path):
 def test_eval_plan_test_only_fallback_and_nothing_to_evaluate(tmp_path):
     data = tmp_path / "d"
     tb.build("synth_pedes", "full", data, manual_dir=_manual(tmp_path / "m", 1))
-    plan = data_setup.eval_plan(_config(data))
+    plan = sources.eval_plan(_config(data))
     assert plan.data is None and plan.periodic is None and plan.test is None and plan.name is None
     assert plan.message.startswith("no evaluation: synth_pedes/full has no 'val' / 'test' split")
     assert "cuhk_pedes" in plan.message and "--param num_val_ids=N" in plan.message
     with pytest.raises(DatasetError, match=r"synth_pedes/full has no split 'test' \(it has \['train'\]\)"):
-        data_setup.open_source(_config(data).data, "test")  # e.g. plip_jax.trainers.evaluate on it: one line
+        sources.open_source(_config(data).data, "test")  # e.g. plip_jax.trainers.evaluate on it: one line
     # ICFG-PEDES has no val split: periodic evaluation runs on its test split.
     tb.build("icfg_pedes", None, data, manual_dir=write_dataset(tmp_path / "icfg", "icfg_pedes"))
-    plan = data_setup.eval_plan(_config(data))
+    plan = sources.eval_plan(_config(data))
     assert (plan.name, plan.val, plan.test, plan.periodic) == ("icfg_pedes/default", None, "test", "test")
 
 
 def test_eval_plan_of_synthetic_data_is_unchanged():
     c = _config(Path("/nonexistent"))
     c.data.name = "synthetic"
-    plan = data_setup.eval_plan(c)
+    plan = sources.eval_plan(c)
     assert (plan.own, plan.val, plan.test, plan.message) == (True, "val", "test", "")

@@ -135,7 +135,7 @@ def test_image_reid_sigterm_resume_matches_uninterrupted_and_loads(tmp_path):
     assert model.encode_texts(["a man in a red coat"]).shape == (1, 32)
     d = sources.data_config("synth_pedes", "procedural", str(tmp_path / "data"), None,
                             json.loads((cut / "config.json").read_text())["data"]["procedural"])
-    split = load_eval_split(sources.open_split(d, "test"), model.tokenizer, model.input_size, max_length=8)
+    split = load_eval_split(sources.open_source(d, "test", decode_images=False), model.tokenizer, model.input_size, max_length=8)
     qm, gm = fd.split_query_gallery(split["image_ids"], split["camera_ids"])
     feats = model.encode_images(split["images"])
     m = reid_metrics(feats[qm], feats[gm], split["image_ids"][qm], split["image_ids"][gm],

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from plip_jax.core import state as state_lib
-from plip_jax.data import sources as data_setup
+from plip_jax.data import sources
 from plip_jax.data import transforms
 from plip_jax.models import text_tower
 from plip_jax.models.plip import build_model
@@ -20,7 +20,7 @@ def _setup(recipe: str = "paper_v2", tasks: tuple[str, ...] = ("ivlc", "tic", "i
     c = tiny_config()
     c.model.recipe = recipe
     text_cfg, _ = text_tower.resolve(c.model.text.init, dropout=0.0)
-    batch = data_setup.example_batch(c, text_cfg)
+    batch = sources.example_batch(c, text_cfg)
     batch["image"] = np.random.default_rng(0).integers(0, 256, batch["image"].shape).astype(np.uint8)
     model = build_model(c.model, text_cfg, tasks=tasks)
     variables = jax.jit(lambda: state_lib.init_variables(model, state_lib.init_key(0), batch))()

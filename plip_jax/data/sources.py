@@ -54,8 +54,9 @@ def _procedural_params(data_cfg) -> dict:
     return dict(data_cfg.get("procedural", {}) or {})
 
 
-def open_builder(data_cfg):
-    """The tfds builder of (name, config); builds procedural data (or from manual_dir) if absent."""
+def _builder(data_cfg):
+    """The tfds builder of (name, config): the procedural SYNTH-PEDES is built on first use, a dataset
+    with `manual_dir` from its files; any other comes as found in the data dir (built or not)."""
     from tfds_synth_pedes import build as tb
 
     name, cfg_name = data_cfg.name, data_cfg.config
@@ -66,19 +67,24 @@ def open_builder(data_cfg):
 
 
 def open_source(data_cfg, split: str, decode_images: bool = True):
-    """A random-access tfds data source for (name, config, split); builds procedural data if absent."""
+    """A random-access tfds source of `split` of any registered dataset (`data_cfg`: name, config,
+    data_dir, manual_dir, procedural; see `_builder` for what gets built). `decode_images=False`
+    keeps the images as encoded bytes, for the data pipelines that decode them themselves."""
     import tensorflow_datasets as tfds
 
     from tfds_synth_pedes.ingest import DatasetError
 
-    builder = open_builder(data_cfg)
-    have = list(builder.info.splits) if builder.is_prepared() else None
-    if have is not None and split.split("[")[0] not in have:
+    builder = _builder(data_cfg)
+    what = f"{data_cfg.name}/{builder.builder_config.name if builder.builder_config else 'default'}"
+    if not builder.is_prepared():
+        raise DatasetError(f"{what} is not built in {data_dir(data_cfg)}: run `python -m tfds_synth_pedes.build "
+                           f"{data_cfg.name} --data_dir DIR --manual_dir M` first")
+    have = list(builder.info.splits)
+    if split.split("[")[0] not in have:
         hint = ("; synth_pedes/full trains on every identity: build held-out identities with --param "
                 "num_val_ids=N --param num_test_ids=M and use the config name it prints, or evaluate on "
                 "cuhk_pedes" if data_cfg.name == "synth_pedes" else "")
-        raise DatasetError(f"{data_cfg.name}/{builder.builder_config.name if builder.builder_config else 'default'} "
-                           f"has no split {split!r} (it has {have}){hint}")
+        raise DatasetError(f"{what} has no split {split!r} (it has {have}){hint}")
     decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
     return builder.as_data_source(split=split, decoders=decoders)
 
@@ -94,28 +100,6 @@ def data_config(name: str, config: str | None = None, data_dir: str | None = Non
     return ml_collections.ConfigDict(dict(
         name=name, config=config or ("procedural" if name == "synth_pedes" else "default"),
         data_dir=data_dir, manual_dir=manual_dir, procedural=procedural))
-
-
-def open_split(data_cfg, split: str):
-    """A random-access source of any registered builder's split, images as encoded bytes (the
-    procedural SYNTH-PEDES is built on first use; other builders must be built already)."""
-    import tensorflow_datasets as tfds
-
-    from plip_jax.core.errors import ConfigError
-    from tfds_synth_pedes import build as tb
-
-    if data_cfg.name == "synth_pedes":
-        return open_source(data_cfg, split, decode_images=False)
-    if data_cfg.name not in tb.BUILDERS:
-        raise ConfigError(f"dataset {data_cfg.name!r} is not a builder; choose one of {sorted(tb.BUILDERS)}")
-    builder = (tb.build(data_cfg.name, data_cfg.config, data_dir(data_cfg), manual_dir=data_cfg.manual_dir)
-               if data_cfg.get("manual_dir") else tb.get_builder(data_cfg.name, data_cfg.config, data_dir(data_cfg)))
-    if not builder.is_prepared():
-        raise ConfigError(f"{data_cfg.name} is not built in {data_dir(data_cfg)}: run `python -m "
-                          f"tfds_synth_pedes.build {data_cfg.name} --data_dir DIR --manual_dir M` first")
-    if split not in builder.info.splits:
-        raise ConfigError(f"{data_cfg.name} has no split {split!r}; it has {list(builder.info.splits)}")
-    return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +141,7 @@ def eval_plan(config) -> EvalPlan:
     d = config.data
     if d.name == "synthetic":
         return EvalPlan(d, d.eval_split, d.test_split, "")
-    splits = _prepared_splits(open_builder(d))
+    splits = _prepared_splits(_builder(d))
     val, test = (s if s in splits else None for s in (d.eval_split, d.test_split))
     if val and test:
         return EvalPlan(d, val, test, "")

@@ -17,7 +17,7 @@ REMOVED_AP = ("config.ap was removed: every result has both mAP (IRRA, what text
 def run(config, workdir: str | Path) -> dict:
     """Evaluate `config.checkpoint` on `config.dataset`/`config.split`."""
     from plip_jax.api import from_pretrained
-    from plip_jax.data import sources as data_setup
+    from plip_jax.data import sources
     from plip_jax.data.pipeline import load_eval_split
     from plip_jax.evals.tasks import text_reid_eval
 
@@ -27,13 +27,13 @@ def run(config, workdir: str | Path) -> dict:
         raise ConfigError(REMOVED_AP)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    data_cfg = data_setup.data_config(config.dataset, config.dataset_config, config.data_dir,
-                                      config.manual_dir, config.procedural)
-    data_setup.validate(data_cfg)
+    data_cfg = sources.data_config(config.dataset, config.dataset_config, config.data_dir,
+                                   config.manual_dir, config.procedural)
+    sources.validate(data_cfg)
     t0 = time.time()
     model = from_pretrained(config.checkpoint, **({"recipe": config.recipe} if config.recipe else {}))
     size = tuple(model.config["image"]["input_size"])
-    source = data_setup.open_source(data_cfg, config.split, decode_images=False)
+    source = sources.open_source(data_cfg, config.split, decode_images=False)
     split = load_eval_split(source, model.tokenizer, size, max_items=int(config.max_items) or None,
                             max_length=int(model.config["max_length"]))
     result = text_reid_eval(model.embedder(int(config.batch_size)), model.variables, split)

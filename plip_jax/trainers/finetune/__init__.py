@@ -1,6 +1,7 @@
-"""Downstream fine-tuning of the PLIP encoders (issue 6) on the pre-training engine, three tasks:
+"""Downstream fine-tuning of the PLIP encoders (docs/downstream.md) on the pre-training engine, three tasks:
 
-- ``finetune_text_reid`` (text_reid.py): CMPM + CMPC, PLIP_SPEC 3.3; few-shot and cross-domain.
+- ``finetune_text_reid`` (text_reid.py): CMPM + CMPC with the official Downstreams/CMPM-C/train.py defaults
+  (docs/method.md "Recipes"); few-shot and cross-domain.
 - ``finetune_image_reid`` (image_reid.py): BoT strong baseline (BNNeck, label-smoothed CE + batch-hard
   triplet, P x K batches); Market-1501 query/gallery protocol.
 - ``finetune_attributes`` (attributes.py): attribute classifier (Linear + BN), weighted BCE; mA/Acc/F1.

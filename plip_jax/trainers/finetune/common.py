@@ -31,7 +31,7 @@ from plip_jax.core.errors import ConfigError
 from plip_jax.core.metrics import MetricWriter, print_table
 from plip_jax.core.step import LossFn, split_trainable
 from plip_jax.data import downstream as fd
-from plip_jax.data import sources as data_setup
+from plip_jax.data import sources
 from plip_jax.data import transforms
 from plip_jax.models import text_tower
 from plip_jax.models.bert import Bert, BertConfig
@@ -128,16 +128,9 @@ def encode_images(image_m: ModifiedResNet, params: dict, batch_stats: dict, imag
     return f, mut["batch_stats"]
 
 
-def open_data(config, split: str):
-    """A random-access source of `split` of config.data's dataset (any registered builder)."""
-    d = config.data
-    cfg = data_setup.data_config(d.name, d.config, d.get("data_dir"), d.get("manual_dir"), d.procedural)
-    return data_setup.open_split(cfg, split)
-
-
 def train_records(config) -> tuple[Any, dict[str, np.ndarray]]:
     """(source, label scan) of the training split, for the image-only tasks."""
-    source = open_data(config, config.data.train_split)
+    source = sources.open_source(config.data, config.data.train_split, decode_images=False)
     return source, fd.scan_labels(source)
 
 
@@ -160,9 +153,10 @@ def eval_split(config, backbone: Backbone, split: str, source=None, max_length: 
     """A loaded evaluation split at the encoder's input size (capped by train.eval_max_items)."""
     from plip_jax.data.pipeline import load_eval_split
 
-    return load_eval_split(open_data(config, split) if source is None else source, backbone.tokenizer,
-                           backbone.input_size, max_items=int(config.train.eval_max_items) or None,
-                           max_length=max_length)
+    if source is None:
+        source = sources.open_source(config.data, split, decode_images=False)
+    return load_eval_split(source, backbone.tokenizer, backbone.input_size,
+                           max_items=int(config.train.eval_max_items) or None, max_length=max_length)
 
 
 total_steps = build.total_steps
@@ -295,5 +289,5 @@ def _train_and_evaluate(config, workdir: Path, backbone: Backbone, task: Task, m
 
 
 __all__ = ["ZERO_SHOT_FILE", "Backbone", "Task", "checkpoint_config", "encode_images", "eval_split", "few_shot_rows",
-           "finetune", "image_batches", "init_head", "load_backbone", "open_data", "total_steps", "train_records",
+           "finetune", "image_batches", "init_head", "load_backbone", "total_steps", "train_records",
            "write_eval"]

@@ -1,5 +1,5 @@
 """Text-based Re-ID fine-tune: both encoders with CMPM + CMPC (a learnable class matrix over the
-training ids), PLIP_SPEC 3.3; few-shot (a fraction of the training ids) and cross-domain
+training ids), as the official Downstreams/CMPM-C/loss.py and train.py; few-shot (a fraction of the training ids) and cross-domain
 evaluation (`config.eval_data` names another builder). Text->image retrieval before and after."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import jax
 import numpy as np
 
-from plip_jax.data import sources as data_setup
+from plip_jax.core.metrics import RETRIEVAL_COLUMNS
+from plip_jax.data import sources
 from plip_jax.evals.embed import Embedder
 from plip_jax.evals.tasks import scalars, text_reid_eval
 from plip_jax.losses.cmpm import cmpc_loss, cmpm_loss
@@ -18,7 +19,7 @@ from plip_jax.trainers.finetune import common
 from plip_jax.trainers.finetune.common import Backbone, Task
 
 TRAINS_TEXT = True
-COLUMNS = ("R1", "R5", "R10", "mAP", "mAP_official", "mINP")
+COLUMNS = RETRIEVAL_COLUMNS
 
 
 def _captions(config, backbone: Backbone):
@@ -26,7 +27,7 @@ def _captions(config, backbone: Backbone):
     from plip_jax.data.pipeline import CaptionIndex, DataConfig, make_train_dataset
 
     d = config.data
-    source = common.open_data(config, d.train_split)
+    source = sources.open_source(d, d.train_split, decode_images=False)
     index = CaptionIndex.build(source)
     keep = np.isin(index.image, common.few_shot_rows(index.image_ids, config))   # pairs of the few-shot ids
     index = CaptionIndex(image=index.image[keep], slot=index.slot[keep], image_ids=index.image_ids)
@@ -44,7 +45,7 @@ def _captions(config, backbone: Backbone):
         return {"image": b["image"], "input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
                 "label": np.searchsorted(classes, b["id"]).astype(np.int32)}
 
-    stream = data_setup.TrainStream(td.steps_per_epoch, lambda: iter(td.dataset.map(prepare)), td.local_batch_size)
+    stream = sources.TrainStream(td.steps_per_epoch, lambda: iter(td.dataset.map(prepare)), td.local_batch_size)
     return stream, classes
 
 
@@ -52,9 +53,9 @@ def _eval_data(config):
     """The evaluation dataset: `config.eval_data.name` (cross-domain), else the training dataset."""
     d, ed = config.data, config.eval_data
     if not ed.name:
-        return data_setup.data_config(d.name, d.config, d.get("data_dir"), d.get("manual_dir"), d.procedural)
-    return data_setup.data_config(ed.name, ed.config or None, ed.data_dir or d.get("data_dir"), ed.manual_dir,
-                                  d.procedural if ed.name == d.name else {})
+        return sources.data_config(d.name, d.config, d.get("data_dir"), d.get("manual_dir"), d.procedural)
+    return sources.data_config(ed.name, ed.config or None, ed.data_dir or d.get("data_dir"), ed.manual_dir,
+                               d.procedural if ed.name == d.name else {})
 
 
 def build(config, backbone: Backbone, sharding) -> Task:
@@ -76,7 +77,7 @@ def build(config, backbone: Backbone, sharding) -> Task:
         return loss, (parts, {"image": image_bs})
 
     edc = _eval_data(config)
-    split = common.eval_split(config, backbone, ed.split, data_setup.open_split(edc, ed.split),
+    split = common.eval_split(config, backbone, ed.split, sources.open_source(edc, ed.split, decode_images=False),
                               max_length=int(d.max_length))
     embedder = Embedder.for_encoders(image_m, text_m, recipe, batch_size=int(config.train.eval_batch_size),
                                      sharding=sharding)
