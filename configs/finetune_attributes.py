@@ -10,30 +10,21 @@ from __future__ import annotations
 
 import ml_collections
 
-from plip_jax import config_parts as common
+from plip_jax import config_parts
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = common.parse_arg(arg, mini=False, dataset="pa100k", few_shot=1.0, steps=0, batch=0)
-    c = common.finetune_base("finetune_attributes", a)
-    c.data.batch_size = a.batch or 64
+    a = config_parts.parse_arg(arg, mini=False, dataset="pa100k", few_shot=1.0, steps=0, batch=0)
+    c = config_parts.finetune_base(
+        "finetune_attributes", a, batch_size=64,
+        optim=dict(name="adamw", lr=1e-4, weight_decay=5e-4, schedule="cosine", warmup_epochs=1.0,
+                   frozen=(r"^text/.*",), lr_multipliers=((r"^head/.*", 10.0),)))
     c.data.flip, c.data.pad_crop = True, True
     c.data.test_split = "test"
-    c.optim.name = "adamw"
-    c.optim.lr = 1e-4
-    c.optim.scale_lr_by_batch = False
-    c.optim.weight_decay = 5e-4
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 1.0
-    c.optim.frozen = (r"^text/.*",)
-    c.optim.lr_multipliers = ((r"^head/.*", 10.0),)
     c.train.epochs = 30.0
     c.losses = ml_collections.ConfigDict(dict(weighted=True))
     if a.mini:
-        c.data.batch_size = a.batch or 32
         c.data.pad_crop = False
         c.optim.lr = 3e-4
-        c.optim.warmup_epochs = 0.0
         c.train.steps = a.steps or 150
-        c.train.eval_max_items = 600
     return c

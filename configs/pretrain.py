@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import ml_collections
 
-from plip_jax import config_parts as common
+from plip_jax import config_parts
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = common.parse_arg(arg, mini=False, release=False, rehearsal=False, recipe="paper_v2", steps=0,
-                         batch=0)
+    a = config_parts.parse_arg(arg, mini=False, release=False, rehearsal=False, recipe="paper_v2", steps=0,
+                               batch=0)
     if a.release:
         if arg and "recipe=" in arg and a.recipe != "release":
             raise ValueError(f"config argument 'release' contradicts recipe={a.recipe!r}")
         a.recipe = "release"
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.model = common.model_config(a.recipe)
-    c.optim = common.optim_config()
-    c.data = common.data_config()
+    c.model = config_parts.model_config(a.recipe)
+    c.optim = config_parts.optim_config()
+    c.data = config_parts.data_config()
     c.losses = ml_collections.ConfigDict(dict(
         weights=dict(ivlc=1.0, tic=0.02, iap=0.1),   # lambda1 = 0.02, lambda2 = 0.1 (Tab. 17)
         tic_reduction="l2", cmpm_eps=1e-8, cosine_logits=False,
@@ -42,9 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # how all-MiniLM-L6-v2 was trained to embed sentences. The image encoder, learning from
         # scratch, is what limits retrieval, so each caption brings 4 images of its identity (one
         # caption pass feeds 4 image samples) and IAP's masked caption pass runs on every 4th
-        # sample (README "Embedded default" has the measurements behind both). The recipe is the
-        # default paper_v2 unless `recipe=` or `release` says otherwise.
-        c.model = common.mini_model(a.recipe)
+        # sample (docs/results.md "How the mini recipe got there" has the measurements behind
+        # both). The recipe is the default paper_v2 unless `recipe=` or `release` says otherwise.
+        c.model = config_parts.mini_model(a.recipe)
         c.optim.name = "adamw"
         c.optim.lr = 2e-3
         c.optim.scale_lr_by_batch = False
@@ -57,23 +57,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optim.lr_multipliers = ((r"^text/.*", 0.1),)
         c.data.config = "procedural"
         c.data.batch_size = 32
-        c.data.max_length = common.MINI_MAX_LENGTH
+        c.data.max_length = config_parts.MINI_MAX_LENGTH
         c.data.max_masked = 6
         c.data.images_per_caption = 4
         c.data.workers = 0
         c.train.epochs = 0.0
-        # 800 steps (~0.8 epoch of the default build): with the 1x1-conv-as-matmul step (issue 17)
-        # they fit the 10-minute budget with the build; test R@1 73.75 vs 42.65 at 280 (README).
+        # 800 steps (~0.8 epoch of the default build): with 1x1 convolutions computed as matmuls the CPU
+        # step is fast enough for them to fit 10 minutes with the data build (docs/results.md "Embedded default").
         c.train.steps = 800
         c.train.log_every = 10
         c.train.eval_every = 0
         c.train.ckpt_every = 200
         c.train.eval_batch_size = 64
-        # Test only at the end (the number the mini is judged by): validation would cost ~35 s of
+        # Test only at the end (the number the mini is judged by): a validation pass would spend part of
         # the 10 minutes; `python -m plip_jax.main --config configs/eval_text_reid.py` gives it afterwards.
         c.train.final_val = False
     if a.rehearsal:
-        # Issue 15: the paper's model (ModifiedResNet-50 at 256x128, BERT-base shape), objective
+        # The rehearsal: the paper's model (ModifiedResNet-50 at 256x128, BERT-base shape), objective
         # (three tasks, paper weights) and optimizer (Adan, paper betas / weight decay) end to end,
         # sized to finish on 2 CPU cores. The text tower has RANDOM weights (named so: no
         # pretrained BERT is needed), hence nothing frozen: frozen random layers never learn.

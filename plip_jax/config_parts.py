@@ -133,8 +133,11 @@ def mini_model(recipe: str = "paper_v2") -> ml_collections.ConfigDict:
     return m
 
 
-def finetune_base(mode: str, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Fields every fine-tuning config has (the paper-scale model; `mini` shrinks it)."""
+def finetune_base(mode: str, a: ml_collections.ConfigDict, batch_size: int,
+                  optim: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Fields every fine-tuning config has: the paper-scale model, the task's global `batch_size` and
+    `optim` settings (over `optim_config()`, lr never scaled by the batch); `a.mini` shrinks the model
+    and the data and trains with AdamW on a cosine schedule without warm-up (the task's lr and decay)."""
     c = ml_collections.ConfigDict()
     c.mode = mode
     c.seed = 0
@@ -143,9 +146,12 @@ def finetune_base(mode: str, a: ml_collections.ConfigDict) -> ml_collections.Con
     c.model = model_config("release")           # architecture of the from-scratch baseline
     c.model.text.frozen_layers = 0                     # all BERT layers trainable downstream
     c.optim = optim_config()
+    c.optim.scale_lr_by_batch = False
+    c.optim.update(optim)
     c.data = data_config()
     c.data.name = a.dataset
     c.data.config = "procedural" if a.dataset == "synth_pedes" else "default"
+    c.data.batch_size = a.batch or batch_size
     c.data.workers = 0
     c.data.threads = 2                                 # image-only loaders: decode threads
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
@@ -157,19 +163,15 @@ def finetune_base(mode: str, a: ml_collections.ConfigDict) -> ml_collections.Con
         c.model = mini_model()
         c.data.name, c.data.config = "synth_pedes", "procedural"
         c.data.max_length = MINI_MAX_LENGTH
-        c.data.batch_size = 32
+        c.data.batch_size = a.batch or 32
         c.optim.name = "adamw"
-        c.optim.scale_lr_by_batch = False
-        c.optim.weight_decay = 1e-4
         c.optim.schedule = "cosine"
         c.optim.warmup_epochs = 0.0
-        c.optim.frozen = ()
         c.train.log_every = 10
         c.train.ckpt_every = 50
+        c.train.eval_max_items = 600
     if a.steps:
         c.train.steps = a.steps
-    if a.batch:
-        c.data.batch_size = a.batch
     return c
 
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 import torch
 
-from plip_jax import config_parts as common
+from plip_jax import config_parts
 from plip_jax.core import optim
 from plip_jax.core.adan import adan
 from plip_jax.core.tree import flatten_names
@@ -157,7 +157,7 @@ def test_why_not_optax_adan():
 def test_make_optimizer_adan_config_is_the_official_adan():
     """Through optim.make_optimizer with frozen and lr-multiplier groups and the no-decay regexes:
     equal to the PyTorch reference with the corresponding param groups (frozen: untouched)."""
-    cfg = common.optim_config()
+    cfg = config_parts.optim_config()
     cfg.lr, cfg.scale_lr_by_batch, cfg.weight_decay = 1e-2, False, 0.05
     cfg.warmup_epochs, cfg.decay_epochs = 1.0, (3.0,)
     cfg.frozen = (r"^text/embeddings/.*",)

@@ -48,9 +48,9 @@ def _snapshot(cache: Path, repo: str, rev: str, weights: bool = True) -> Path:
 
 # Where the weights come from --------------------------------------------------------------------
 def test_default_is_found_in_the_hf_cache_only(empty_hf, tmp_path, monkeypatch):
-    from plip_jax import config_parts as common
+    from plip_jax import config_parts
 
-    assert common.model_config().text.init == text_tower.DEFAULT_INIT == "bert-base-uncased"
+    assert config_parts.model_config().text.init == text_tower.DEFAULT_INIT == "bert-base-uncased"
     with pytest.raises(text_tower.TextTowerError) as e:
         text_tower.resolve("bert-base-uncased")
     msg = str(e.value)
