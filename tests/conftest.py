@@ -1,4 +1,6 @@
-"""Shared test helpers: run a Python snippet/script in a fresh process with N fake CPU devices."""
+"""Shared test helpers: run a Python snippet/script in a fresh process with N fake CPU devices; the
+trained tiny search checkpoint that the search and server tests share and the search server that the
+server and browser tests share (each built once per session)."""
 from __future__ import annotations
 
 import json
@@ -44,3 +46,31 @@ def run_result(args: list[str], devices: int = 1, timeout: int = 900, **extra: s
 @pytest.fixture
 def run_in_subprocess():
     return run_result
+
+
+@pytest.fixture(scope="session")
+def trained_search_run(tmp_path_factory):
+    """(workdir, crops folder): the tiny config trained 160 steps on 12 procedural identities."""
+    from tests.fixtures.gallery import train_tiny_search_run
+
+    # Default XLA optimisations: under JAX_DISABLE_MOST_OPTIMIZATIONS XLA:CPU's max-pool gradients are
+    # wrong (see subprocess_env), and the tests on this run judge what the model learned.
+    env = {k: v for k, v in subprocess_env().items() if k != "JAX_DISABLE_MOST_OPTIMIZATIONS"}
+    return train_tiny_search_run(tmp_path_factory.mktemp("trained"), env)
+
+
+@pytest.fixture(scope="session")
+def served_site(tmp_path_factory):
+    """(base URL, crops folder, server process, log folder, checkpoint folder): `python -m plip_jax.serve`
+    with a random tiny checkpoint over tests/fixtures/serving.make_site's folder, ranked by the IVF
+    index (--exact-max below the gallery size; every list probed at this size)."""
+    from tests.fixtures.gallery import tiny_model_dir
+    from tests.fixtures.serving import make_site, start_server, stop_server
+
+    d = tmp_path_factory.mktemp("serve_site")
+    model = tiny_model_dir(d / "tiny-ckpt")
+    crops = make_site(d)
+    env = {k: v for k, v in subprocess_env().items() if k != "JAX_DISABLE_MOST_OPTIMIZATIONS"}  # = in-process
+    proc, url = start_server(["--checkpoint", str(model), "--images", str(crops), "--exact-max", "10"], d / "logs", env)
+    yield url, crops, proc, d / "logs", model
+    stop_server(proc)

@@ -4,53 +4,21 @@ trained tiny run whose top-1 image for an identity's caption is of that identity
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from plip_jax.tools import search as S
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tiny_model_dir(d: Path) -> Path:
-    """A randomly initialised tiny PLIP (ResNet (1,1,1,1) w8 64x32, 1-layer 32-wide BERT) saved to `d`."""
-    from plip_jax.api import PLIPModel
-    from plip_jax.models.bert import Bert, BertConfig
-    from plip_jax.models.resnet import ModifiedResNet
-
-    img = dict(layers=[1, 1, 1, 1], width=8, heads=2, output_dim=32, input_size=[64, 32], pool="max")
-    tcfg = BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64)
-    k1, k2 = jax.random.split(jax.random.key(0, impl="rbg"))
-    rn = ModifiedResNet(layers=(1, 1, 1, 1), width=8, heads=2, output_dim=32, input_size=(64, 32), pool="max")
-    iv = rn.init(k1, jnp.zeros((1, 64, 32, 3)))
-    tv = Bert(tcfg).init(k2, jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))
-    variables = {"params": {"image": iv["params"], "text": tv["params"]},
-                 "batch_stats": {"image": iv["batch_stats"]}}
-    m = PLIPModel({"image": img, "text": tcfg.to_dict(), "recipe": "paper_v2", "max_length": 16}, variables)
-    m.save_pretrained(d)
-    return d
-
-
-def _write_image(path: Path, seed: int, fmt: str = "JPEG") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    x = np.clip(rng.integers(0, 256, (1, 1, 3)) + rng.integers(-30, 31, (80, 40, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(x).save(path, format=fmt)
+from tests.fixtures.gallery import tiny_model_dir, write_crop
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return _tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +32,8 @@ def model(model_dir):
 def folder(tmp_path) -> Path:
     d = tmp_path / "crops"
     for i in range(5):
-        _write_image(d / f"p{i % 2}" / f"{i}.jpg", i)
-    _write_image(d / "p2" / "5.png", 5, "PNG")
+        write_crop(d / f"p{i % 2}" / f"{i}.jpg", i)
+    write_crop(d / "p2" / "5.png", 5, "PNG")
     (d / "notes.txt").write_text("not an image")
     (d / "p2" / "broken.jpg").write_bytes((d / "p0" / "0.jpg").read_bytes()[:60])  # truncated JPEG
     (d / ".hidden.jpg").write_bytes(b"ignored")
@@ -104,8 +72,8 @@ def test_cache_is_reused_and_refreshed_when_files_change(model, folder):
     np.testing.assert_array_equal(again.embeddings, first.embeddings)
 
     time.sleep(0.01)
-    _write_image(folder / "p0" / "0.jpg", 99)            # changed content
-    _write_image(folder / "p3" / "new.jpg", 7)           # new file
+    write_crop(folder / "p0" / "0.jpg", 99)              # changed content
+    write_crop(folder / "p3" / "new.jpg", 7)             # new file
     (folder / "p1" / "3.jpg").unlink()                   # removed file
     (folder / "notes.txt").write_text("still not an image, but longer")  # changed unreadable file
     fresh = S.index_folder(model, folder, progress=False)
@@ -166,34 +134,11 @@ def test_folder_without_images_exits_nonzero(model_dir, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 # A trained tiny run: an identity's caption retrieves that identity first
 # --------------------------------------------------------------------------------------------
-PROC = dict(num_identities=12, images_per_identity=3, num_val_ids=2, num_test_ids=2)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> tuple[Path, Path]:
-    """160 steps of the tiny config on 12 procedural identities (~30 s on 2 CPU cores)."""
-    from conftest import subprocess_env
-
-    base = tmp_path_factory.mktemp("trained")
-    work, data = base / "run", base / "data"
-    args = [sys.executable, "-m", "plip_jax.main", "--config", "tests/tiny_cfg.py:data=procedural,steps=160",
-            "--workdir", str(work), f"--config.data.data_dir={data}", "--config.train.ckpt_every=160"]
-    args += [f"--config.data.procedural.{k}={v}" for k, v in PROC.items()]
-    # Default XLA optimisations: under JAX_DISABLE_MOST_OPTIMIZATIONS XLA:CPU's max-pool gradients are
-    # wrong (tests/conftest.py), and this test judges what the model learned, not JAX against JAX.
-    env = {k: v for k, v in subprocess_env().items() if k != "JAX_DISABLE_MOST_OPTIMIZATIONS"}
-    p = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    assert p.returncode == 0, p.stderr[-3000:]
-    folders = list((data / "downloads").glob("synth_pedes_procedural/*/synthpedes_dataset.json"))
-    assert len(folders) == 1, folders
-    return work, folders[0].parent
-
-
 @pytest.mark.slow
-def test_trained_checkpoint_ranks_the_queried_identity_first(trained_run, capsys):
+def test_trained_checkpoint_ranks_the_queried_identity_first(trained_search_run, capsys):
     from plip_jax.api import from_pretrained
 
-    work, images = trained_run
+    work, images = trained_search_run
     records = json.loads((images / "synthpedes_dataset.json").read_text())
     queries, ids = [], []
     for r in records:
