@@ -8,7 +8,7 @@ from typing import Callable
 import jax
 import optax
 
-from plip_jax.core.step import jit_step, make_step
+from plip_jax.core.step import make_step
 from plip_jax.losses.attributes import attribute_loss
 from plip_jax.losses.cmpm import cmpm_loss
 from plip_jax.losses.colorization import colorization_loss
@@ -47,8 +47,6 @@ def pretrain_loss(model, loss_cfg) -> Callable:
 
 def make_train_step(model, tx: optax.GradientTransformation, loss_cfg,
                     schedule: Callable[[jax.Array], jax.Array]) -> Callable:
-    """The pure pre-training step (jit it with `jit_train_step`)."""
+    """The pure pre-training step (jit it with `plip_jax.core.step.jit_step`)."""
     return make_step(pretrain_loss(model, loss_cfg), tx, schedule)
 
-
-jit_train_step = jit_step
