@@ -292,12 +292,14 @@ def main() -> None:
     doc: dict = {"kind": "serve", "date": datetime.date.today().isoformat(), "smoke": args.smoke,
                  "uptime_at_start": uptime, "load1_at_start": round(load1, 2),
                  "loaded": load1 > 1.5, "note": "taken beside other work (load > 1.5)" if load1 > 1.5 else "alone",
-                 "host": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                          "faiss": faiss.__version__, "numpy": np.__version__, "faiss_omp_threads": faiss.omp_get_max_threads()},
+                 "host": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                          "python": platform.python_version(), "faiss": faiss.__version__, "numpy": np.__version__,
+                          "faiss_omp_threads": faiss.omp_get_max_threads()},
                  "config": {"n": args.n, "dim": args.dim, "queries": args.queries, "planted_per_query": 10,
                             "planted_cosine": args.near, "k": 10, "clients": args.clients,
                             "max_requests": args.requests, "max_seconds": args.seconds, "seed": args.seed,
-                            "ivf": f"IVF<nlist>,SQ8 + exact re-scoring of max({vi.MIN_RERANK}, {vi.RERANK}k) candidates",
+                            "ivf": f"IVF<nlist>,SQ8 + exact re-scoring of max({vi.MIN_RERANK}, {vi.RERANK}k) "
+                                   "candidates",
                             "exact": "plip_jax.evals.retrieval.similarity_topk (numpy matmul + stable top-k)"}}
     t_all = time.perf_counter()
     near = tuple(float(v) for v in args.near.split(","))
@@ -326,7 +328,8 @@ def main() -> None:
     for frac in (64, 32, 16, 8, 4):
         set_nprobe(ivf, max(1, ivf.nlist // frac))
         lat, found = single_query(ivf, q)
-        sweep.append({"probe_fraction": frac, "nprobe": ivf.nprobe, "latency": lat, "recall_at_10": recall(found, truth)})
+        sweep.append({"probe_fraction": frac, "nprobe": ivf.nprobe, "latency": lat,
+                      "recall_at_10": recall(found, truth)})
         print("ivf", sweep[-1], flush=True)
     good = [r for r in sweep if r["recall_at_10"] >= TARGET_RECALL]
     chosen = good[0] if good else sweep[-1]  # the fewest probes that reach the target

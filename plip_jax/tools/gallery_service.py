@@ -51,8 +51,9 @@ def inside_only(gallery: Any) -> tuple[Any, int]:
     keep = [i for i, p in enumerate(gallery.paths) if inside(real_root, Path(gallery.root) / p)]
     if len(keep) == len(gallery.paths):
         return gallery, 0
-    out = dataclasses.replace(gallery, paths=[gallery.paths[i] for i in keep], embeddings=gallery.embeddings[keep],
-                              skipped=sorted(set(gallery.skipped) | (set(gallery.paths) - {gallery.paths[i] for i in keep})))
+    kept = [gallery.paths[i] for i in keep]
+    out = dataclasses.replace(gallery, paths=kept, embeddings=gallery.embeddings[keep],
+                              skipped=sorted(set(gallery.skipped) | (set(gallery.paths) - set(kept))))
     return out, len(gallery.paths) - len(keep)
 
 

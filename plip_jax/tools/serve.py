@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from plip_jax.core.cli import reraise_if_debug
 
         reraise_if_debug()
-        raise ValueError(f"cannot load --checkpoint {args.checkpoint}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        line = f"cannot load --checkpoint {args.checkpoint}: {type(e).__name__}: {e}".splitlines()[0]
+        raise ValueError(line) from None
     progress = not args.no_progress and os.environ.get("PLIP_NO_PROGRESS") != "1"
     gallery = index_folder(model, args.images, cache=not args.no_cache, cache_dir=args.cache_dir,
                            batch_size=args.batch_size, progress=progress)

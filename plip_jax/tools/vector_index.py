@@ -96,6 +96,7 @@ class IVFIndex:
         index.cp.seed = seed
         index.cp.niter = 10
         index.cp.max_points_per_centroid = 64
+        index.cp.min_points_per_centroid = 1  # small galleries: no "please provide more points" warning
         rows = min(n, train_size or 64 * nlist)
         sample = x if rows == n else x[np.sort(np.random.default_rng(seed).choice(n, rows, replace=False))]
         index.train(sample)
