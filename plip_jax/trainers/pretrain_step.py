@@ -1,5 +1,5 @@
-"""The pre-training objective: L = L_ivlc + 0.02 L_tic + 0.1 L_iap (PLIP_SPEC 2.4); tasks with
-weight 0 are not built. The step around it (gradients, optimizer, non-finite guard) is the
+"""The pre-training objective: L = L_ivlc + 0.02 L_tic + 0.1 L_iap (PLIP paper Eq. 7, Tab. 17; docs/method.md); tasks
+with weight 0 are not built. The step around it (gradients, optimizer, non-finite guard) is the
 engine's (plip_jax.core.step), shared with the fine-tunes."""
 from __future__ import annotations
 
