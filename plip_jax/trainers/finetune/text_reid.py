@@ -1,6 +1,7 @@
 """Text-based Re-ID fine-tune: both encoders with CMPM + CMPC (a learnable class matrix over the
-training ids), as the official Downstreams/CMPM-C/loss.py and train.py; few-shot (a fraction of the training ids) and cross-domain
-evaluation (`config.eval_data` names another builder). Text->image retrieval before and after."""
+training ids), as the official Downstreams/CMPM-C/loss.py and train.py; few-shot (a fraction of the
+training ids) and cross-domain evaluation (`config.eval_data` names another builder). Text->image
+retrieval before and after."""
 from __future__ import annotations
 
 import math
