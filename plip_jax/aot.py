@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/pretrain.py[:variant]).",
@@ -39,7 +39,9 @@ def main(argv) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    config = _CONFIG.value
+    from plip_jax.core.cli import config_value
+
+    config = config_value(_CONFIG)
     if config is None:
         _fail("--config is required (e.g. --config configs/pretrain.py)")
     if not FLAGS.topology:
@@ -79,9 +81,9 @@ def run(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from plip_jax.core.cli import run_cli
+    from plip_jax.core.cli import parse_absl_flags, run_cli
 
-    return run_cli(lambda args: app.run(main, argv=[sys.argv[0], *args]), argv)
+    return run_cli(lambda args: main(parse_absl_flags([sys.argv[0], *args])), argv)
 
 
 if __name__ == "__main__":

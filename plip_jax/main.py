@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
@@ -44,7 +44,9 @@ def main(argv) -> None:
     from plip_jax.core import compile_cache
 
     compile_cache.enable(FLAGS.compile_cache)
-    config = _CONFIG.value
+    from plip_jax.core.cli import config_value
+
+    config = config_value(_CONFIG)
     if config is None:
         _fail("--config is required (e.g. --config configs/pretrain.py:mini)")
     mode = config.get("mode", "pretrain")
@@ -97,12 +99,12 @@ def _batch_size() -> tuple[str, int] | None:
 def run(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from plip_jax.core.checkpoint import CheckpointError
-    from plip_jax.core.cli import run_cli
+    from plip_jax.core.cli import parse_absl_flags, run_cli
     from plip_jax.core.errors import NonFiniteLoss
     from plip_jax.core.workdir_lock import WorkdirLocked
 
     # ConfigError and the data errors are ValueErrors; missing files are OSErrors.
-    return run_cli(lambda args: app.run(main, argv=[sys.argv[0], *args]), argv,
+    return run_cli(lambda args: main(parse_absl_flags([sys.argv[0], *args])), argv,
                    known=(NonFiniteLoss, CheckpointError, WorkdirLocked), batch_size=_batch_size)
 
 

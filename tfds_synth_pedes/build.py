@@ -16,7 +16,6 @@ Python: `build(...)` returns the prepared builder (a no-op when already built) a
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -121,7 +120,9 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints one message (no traceback) for dataset problems."""
-    parser = argparse.ArgumentParser(prog="python -m tfds_synth_pedes.build", description=__doc__.split("\n\n")[0])
+    from plip_jax.core.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m tfds_synth_pedes.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(BUILDERS))
     parser.add_argument("--config", default=None, help="synth_pedes: procedural (default) or full")
     parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)

@@ -16,10 +16,11 @@ from typing import Sequence
 
 from plip_jax.convert.mapping import ConversionError, count_parameters, flax_to_torch
 from plip_jax.convert.torch_io import TEXT_PREFIX, CheckpointError
+from plip_jax.core.cli import ArgumentParser
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m plip_jax.convert", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m plip_jax.convert", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("to-torch", help="export to the official FILE.pth.tar (+ FILE.json)")
     t.add_argument("--checkpoint", required=True,

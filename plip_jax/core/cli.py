@@ -8,6 +8,8 @@ shows the traceback of known faults too.
 """
 from __future__ import annotations
 
+import argparse
+import difflib
 import logging
 import os
 import re
@@ -104,6 +106,88 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
         print(f"error: {line}", file=sys.stderr, flush=True)
         return EXIT_FAULT
     return int(rc or 0)
+
+
+class UsageError(ValueError):
+    """A mistake on the command line (flag, config key, config value or argument); one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands: a mistake is a UsageError (run_cli prints one `error:` line,
+    exit 2) instead of argparse's usage block; an unknown option names the closest known one."""
+
+    def error(self, message: str):  # type: ignore[override]
+        m = re.match(r"unrecognized arguments: (.*)", message)
+        if m:
+            options = _options(self)
+            hints = []
+            for arg in m.group(1).split():
+                close = difflib.get_close_matches(arg.split("=")[0], options, n=1) if arg.startswith("-") else []
+                hints.extend(f"did you mean {c}?" for c in close)
+            message = f"{self.prog}: {message}" + (f"; {' '.join(hints)}" if hints else "")
+        else:
+            message = f"{self.prog}: {message}"
+        raise UsageError(message)
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of a parser and of its sub-commands."""
+    out = []
+    for action in parser._actions:  # argparse keeps its actions only here
+        out.extend(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.extend(_options(sub))
+    return sorted(set(out))
+
+
+def _flag_error_line(e: BaseException, argv: Sequence[str]) -> str:
+    """absl / ml_collections parse errors as one line, the suggestion kept."""
+    text = str(e)
+    missing = re.search(r"\[Errno \d+\] ([^:\n]+): '([^']+)'", text)
+    if missing and "config file" in text:
+        return f"config file {missing.group(2)}: {missing.group(1)}"
+    if "Error whilst parsing config file" in text or "Traceback" in text:
+        # A config file's get_config raised: its own last line says what was wrong.
+        head = re.match(r"flag (--\S+?): Error whilst", text)
+        last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1]
+        last = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", last)
+        return f"{head.group(1)}: {last}" if head else last
+    if isinstance(e, (AttributeError, KeyError)):
+        # ml_collections: AttributeError('\'lrr\'\nDid you mean "lr" instead of "lrr"?')
+        hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+        key = re.search(r"([A-Za-z_]\w*)", text.replace("\\'", " "))
+        name = hint.group(2) if hint else (key.group(1) if key else text)
+        arg = next((a for a in argv if re.search(rf"\.{re.escape(name)}(=|$)", a)), None)
+        where = f" ({arg})" if arg else ""
+        return (f"unknown config key {name!r}{where}" + (f"; did you mean {hint.group(1)!r}?" if hint else ""))
+    line = " ".join(text.split())
+    return line[0].lower() + line[1:] if line else type(e).__name__
+
+
+def parse_absl_flags(argv: Sequence[str]) -> list[str]:
+    """Parse absl flags (config files and overrides included) for a command; any mistake is a
+    UsageError with one line (unknown flag or key with its suggestion, a wrong type, a bad config
+    argument), never absl's 'FATAL Flags parsing error' with a traceback."""
+    from absl import flags
+
+    args = list(argv)
+    try:
+        return flags.FLAGS(args)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        raise UsageError(_flag_error_line(e, args)) from None
+
+
+def config_value(holder) -> object:
+    """The parsed config of an ml_collections config flag; a config file that failed to load
+    (missing, or raising) is a UsageError with one line."""
+    try:
+        value = holder.value
+        if value is not None:
+            getattr(value, "keys")  # a file that failed to load raises on first use
+        return value
+    except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(_flag_error_line(e, [])) from None
 
 
 def reraise_if_debug() -> None:

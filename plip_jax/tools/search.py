@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from plip_jax.core.cli import ArgumentParser
 from plip_jax.tools.drawing import Tile, draw_rows
 
 CACHE_DIRNAME = ".plip_search"
@@ -241,7 +242,7 @@ def draw_results(queries: Sequence[str], results: list[list[Hit]], root: str | o
 # Command line
 # --------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m plip_jax.search", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m plip_jax.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="run workdir, Orbax step dir, official .pth.tar, or a from-torch folder")
     p.add_argument("--images", required=True, help="folder of person crops (searched recursively)")
@@ -289,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{len(gallery.skipped)} unreadable files skipped", flush=True)
     if not gallery.paths:
         print(f"error: no readable images under {args.images}", file=sys.stderr)
-        return 1
+        return 2
     if args.top_k > len(gallery.paths):
         print(f"note: --top-k {args.top_k} > {len(gallery.paths)} images; showing all", file=sys.stderr)
     results = search(model, gallery, args.query, args.top_k)
