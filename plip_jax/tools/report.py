@@ -13,7 +13,6 @@ run trained on synthetic data. Sections whose head the run did not train are lef
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -447,7 +446,9 @@ def write_report(workdir: str | os.PathLike, split: str | None = None, num_examp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m plip_jax.report", description=__doc__.split("\n")[0])
+    from plip_jax.core.cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m plip_jax.report", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="run directory (config.json, checkpoints/, metrics.jsonl)")
     p.add_argument("--split", default=None, help="dataset split of the examples (default: the run's test split)")
     p.add_argument("--examples", type=int, default=6, help="examples per section")
