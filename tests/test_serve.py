@@ -250,6 +250,8 @@ def test_the_server_is_alive_after_every_bad_request(site):
 def test_command_faults_are_one_error_line(model_dir, tmp_path, capsys):
     crops = tmp_path / "crops"
     write_crop(crops / "a.jpg", 0)
+    (crops / "empty").mkdir()
+    (crops / "empty" / "notes.txt").write_text("no image here")
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
@@ -259,6 +261,9 @@ def test_command_faults_are_one_error_line(model_dir, tmp_path, capsys):
         (["--checkpoint", str(model_dir), "--images", str(tmp_path / "nope"), "--port", "0"], "not a directory"),
         (["--checkpoint", str(tmp_path / "nope"), "--images", str(crops), "--port", "0"], "cannot load --checkpoint"),
         (["--checkpoint", str(model_dir), "--images", str(crops), "--port", "70000"], "--port must be in"),
+        (["--checkpoint", str(model_dir), "--images", str(crops), "--prot", "80"], "did you mean --port?"),
+        (["--checkpoint", str(model_dir), "--images", str(crops / "empty"), "--port", "0", "--no-progress"],
+         "no readable images"),
         (["--checkpoint", str(model_dir), "--images", str(crops), "--host", "192.0.2.1", "--port", "0"],
          "cannot listen on 192.0.2.1"),  # an address of no interface here (TEST-NET-1): bind fails, nothing is sent
     ]

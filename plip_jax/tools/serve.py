@@ -21,10 +21,10 @@ from plip_jax.tools.vector_index import EXACT_MAX, KINDS
 
 
 def _parser() -> argparse.ArgumentParser:
-    from plip_jax.core.cli import add_debug_flag
+    from plip_jax.core.cli import ArgumentParser, add_debug_flag
     from plip_jax.tools.search import CACHE_DIRNAME
 
-    p = argparse.ArgumentParser(prog="python -m plip_jax.serve", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m plip_jax.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="run workdir, Orbax step dir, official .pth.tar, or a from-torch folder")
     p.add_argument("--images", required=True, help="folder of person crops (searched recursively)")
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not gallery.paths:
         sock.close()
         print(f"error: no readable images under {args.images}", file=sys.stderr)
-        return 1
+        return 2
     index = open_index(gallery.embeddings, gallery.paths, args.index, cache_file=gallery.cache_file,
                        exact_max=args.exact_max, nprobe=args.nprobe)
     name, detail = describe_model(args.checkpoint, model)
