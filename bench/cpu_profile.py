@@ -1,4 +1,5 @@
-"""Where the CPU step's time goes, per op class, in JAX and in PyTorch eager (issue 17 item 1).
+"""Where the CPU step's time goes, per op class, in JAX and in PyTorch eager
+(bench/NOTES.md "CPU step vs PyTorch eager").
 
 JAX: the compiled step traced with the XLA:CPU thunk runtime's TraceMe events
 (`--xla_cpu_enable_xprof_traceme=true`), each event mapped to its HLO instruction's op class by the
@@ -7,6 +8,7 @@ same way. Same work as `bench/train_step.py` / `bench/torch_reference.py` (ancho
 batch; one process per framework so they never share the cores.
 
     python bench/cpu_profile.py --work anchor --batch 8 --steps 3 [--out F.json]
+    python bench/cpu_profile.py --smoke --batch 2 --steps 1     # tiny shapes: checks the path
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def hlo_classes(text: str) -> dict[str, str]:
     return {name: classify(op, comp_ops.get(calls.get(name, ""), set())) for name, op in kinds.items()}
 
 
-def profile_jax(work: str, batch: int, steps: int) -> dict:
+def profile_jax(work: str, batch: int, steps: int, smoke: bool = False) -> dict:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
     sys.path.insert(0, str(ROOT / "bench"))
     sys.path.insert(0, str(ROOT))
@@ -82,7 +84,7 @@ def profile_jax(work: str, batch: int, steps: int) -> dict:
 
     import train_step as ts  # bench/train_step.py
 
-    sizes = ts.PAPER
+    sizes = ts.SMOKE if smoke else ts.PAPER
     fn, args, advance = ts.build_row(work, "fp32", batch, sizes, "adamw")
     compiled = fn.lower(*args).compile()
     names = hlo_classes(compiled.as_text())
@@ -138,7 +140,7 @@ TORCH_CLASS = [
 ]
 
 
-def profile_torch(work: str, batch: int, steps: int) -> dict:
+def profile_torch(work: str, batch: int, steps: int, smoke: bool = False) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     sys.path.insert(0, str(ROOT))
     import torch
@@ -146,7 +148,7 @@ def profile_torch(work: str, batch: int, steps: int) -> dict:
 
     import torch_reference as tr  # bench/torch_reference.py
 
-    s = tr.Sizes()
+    s = tr.SMOKE if smoke else tr.PAPER
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = tr.AnchorTorch(s).to(device).train()
@@ -189,24 +191,28 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--framework", choices=("jax", "torch", "both"), default="both")
+    p.add_argument("--smoke", action="store_true", help="tiny model (the path, not a profile)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     if a.framework == "both":
         rows = []
         for fw in ("jax", "torch"):
             r = subprocess.run([sys.executable, __file__, "--work", a.work, "--batch", str(a.batch), "--steps",
-                                str(a.steps), "--framework", fw], capture_output=True, text=True)
+                                str(a.steps), "--framework", fw] + (["--smoke"] if a.smoke else []),
+                               capture_output=True, text=True)
             if r.returncode:
                 print(r.stderr[-3000:], file=sys.stderr)
                 return r.returncode
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        result = {"work": a.work, "batch": a.batch, "steps": a.steps, "load_1min": os.getloadavg()[0], "rows": rows}
+        result = {"work": a.work, "batch": a.batch, "steps": a.steps, "smoke": a.smoke, "load_1min": os.getloadavg()[0],
+                  "rows": rows}
         text = json.dumps(result, indent=1)
         print(text)
         if a.out:
             Path(a.out).write_text(text)
         return 0
-    r = profile_jax(a.work, a.batch, a.steps) if a.framework == "jax" else profile_torch(a.work, a.batch, a.steps)
+    profile = profile_jax if a.framework == "jax" else profile_torch
+    r = profile(a.work, a.batch, a.steps, a.smoke)
     print(json.dumps(r))
     return 0
 

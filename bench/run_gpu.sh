@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7: the whole speed benchmark on one lent GPU, in one go (< 8 minutes on an H100).
+# The whole speed benchmark on one lent GPU, in one go (< 8 minutes on an H100).
 #
 #   bash bench/run_gpu.sh            # from the repo root on the device machine
 #   bash bench/run_gpu.sh --smoke    # tiny shapes, any machine (CPU too): checks the whole path
@@ -8,8 +8,9 @@
 # bench/torch_reference.py (PyTorch: (a) eager, channels_last, torch.compile), each with a time
 # budget after which rows are skipped (rows run in priority order), then merges both into
 # bench/results/<date>-<card>.json (+ a copy in $OUT when set) with the device, versions and
-# ratio_jax_over_torch_compile, and prints the table. Needs only jax/flax/optax/einops/pillow and
-# torch/transformers (no tfds, grain or ml_collections: the device image has none of them).
+# ratio_jax_over_torch_compile, and prints the table. Needs jax/flax/optax/einops/pillow,
+# ml_collections (the run builder's configs) and torch/transformers, no tfds or grain; the lent GPU
+# image lacks ml_collections: bench/README.md "On a lent GPU" says how it travels.
 # Overridable: PYTHON, JAX_ROWS, TORCH_ROWS, JAX_BUDGET, TORCH_BUDGET (seconds before no new row
 # starts), JAX_TIMEOUT, TORCH_TIMEOUT (hard limits), STEPS.
 set -uo pipefail
@@ -47,7 +48,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 "$PY" - <<'EOF' || { echo "run_gpu.sh: a required package is missing (see above)" >&2; exit 2; }
 import importlib
 missing = []
-for m in ("jax", "flax", "optax", "einops", "PIL", "numpy", "torch", "transformers"):
+for m in ("jax", "flax", "optax", "einops", "PIL", "numpy", "ml_collections", "torch", "transformers"):
     try:
         importlib.import_module(m)
     except Exception as e:

@@ -1,9 +1,9 @@
-"""Benchmark: the anchor work (a) in PyTorch, to compare the JAX step with (issue 7).
+"""Benchmark: the anchor work (a) in PyTorch, to compare the JAX step with (bench/NOTES.md).
 
 ModifiedResNet-50 at 256x128 (tests/reference/torch_resnet.py, the module of the parity tests) +
 transformers BertModel(BertConfig()) randomly initialised (bert-base shape, nothing downloaded) with
 embeddings and layers 0-7 frozen (requires_grad=False, so autograd never goes below layer 8), the
-CMPM loss of PLIP_SPEC 2.3 (code form, fp32), and AdamW over the trainable parameters. Same
+CMPM loss in the official code form (Downstreams/CMPM-C/loss.py; fp32), and AdamW over the trainable parameters. Same
 synthetic batches as the JAX bench (plip_jax.data.synthetic), on the device before timing; images
 are uint8 NHWC and normalised inside the step, as in JAX.
 
@@ -50,7 +50,7 @@ from plip_jax.data import synthetic  # noqa: E402  (numpy only)
 MEAN = (0.357, 0.323, 0.328)
 STD = (0.252, 0.242, 0.239)
 MODES = ("eager", "channels_last", "compile")
-WORKS = ("anchor", "full", "mini")  # mini: eager fp32 on CPU (bench/mini_work.py)
+WORKS = ("anchor", "full", "mini")  # mini: eager fp32 on CPU (the JAX side of bench/train_step.py)
 DTYPES = ("fp32", "bf16")
 
 
@@ -91,7 +91,7 @@ SMOKE = Sizes(image_layers=(1, 1, 1, 1), image_width=16, image_heads=4, output_d
 
 
 def cmpm_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, ids: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """CMPM in the official code form (PLIP_SPEC 2.3), always in fp32 (autocast off)."""
+    """CMPM in the official code form (official Downstreams/CMPM-C/loss.py), always in fp32 (autocast off)."""
     with torch.autocast(device_type=image_emb.device.type, enabled=False):
         v, t = image_emb.float(), text_emb.float()
         mask = (ids[:, None] == ids[None, :]).float()
@@ -138,7 +138,8 @@ class AnchorTorch(nn.Module):
         return cmpm_loss(image_emb, text_emb, ids)
 
 
-# The JAX bench's full-objective losses (bench/train_step.py LOSS_CFG).
+# The JAX bench's full-objective losses (bench/train_step.py full_config: configs/pretrain.py:release
+# with TIC's sum_sq reduction).
 FULL_LOSS_CFG = {"weights": {"ivlc": 1.0, "tic": 0.02, "iap": 0.1}, "cmpm_eps": 1e-8, "cosine_logits": False,
                  "tic_reduction": "sum_sq"}
 
@@ -286,14 +287,36 @@ def run_row(mode: str, dtype: str, batch: int, s: Sizes, steps: int, warmup: int
     return row
 
 
+def mini_twin_step(batch: int):
+    """step(i) -> loss of the PyTorch twin (tests/reference/torch_plip.py) of the JAX mini row: the
+    same config, run (bench/train_step.py builds it with plip_jax.trainers.build), initial variables,
+    parameter groups, lr schedule and synthetic batches."""
+    import jax
+    import train_step as jax_bench  # bench/train_step.py: the JAX side of the same work
+
+    from plip_jax.trainers import build
+    from tests.reference import torch_plip
+
+    c = jax_bench.mini_config(batch)
+    built = build.pretraining(c, jax_bench.MINI_STEPS_PER_EPOCH)
+    state = built.fresh_state(0)
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    host = jax_bench.host_batches(c, built.text_cfg.vocab_size)
+    torch.manual_seed(0)
+    twin = torch_plip.TorchPLIP.like(built.model)
+    torch_plip.load_jax_variables(twin, variables)
+    opt = torch_plip.make_optimizer(torch_plip.param_groups(twin, variables, c.optim), c.optim)
+    step = torch_plip.TorchTrainStep(twin, opt, c.losses, lambda k: float(built.run.schedule(k)))
+    batches = [torch_plip.batch_to_torch(b) for b in host]
+    return lambda i: step(batches[i % len(batches)])["loss"]
+
+
 def _run_mini_row(row: dict, mode: str, dtype: str, batch: int, steps: int, warmup: int,
                   device: torch.device) -> dict[str, Any]:
     """The embedded default's step (configs/pretrain.py:mini) in the twin, eager fp32 on CPU."""
-    import mini_work  # bench/mini_work.py
-
     if (mode, dtype, device.type) != ("eager", "fp32", "cpu"):
         raise ValueError("the mini work runs eager fp32 on CPU")
-    step, _ = mini_work.torch_step(batch)
+    step = mini_twin_step(batch)
     t0 = time.perf_counter()
     loss = step(0)
     row["compile_s"] = round(time.perf_counter() - t0, 2)

@@ -1,19 +1,23 @@
-"""Benchmark: PLIP training-step speed in JAX (issue 7).
+"""Benchmark: PLIP training-step speed in JAX (bench/NOTES.md).
 
-Two kinds of work, each for several batch sizes in fp32 and bf16 (bf16 compute, fp32 params):
+Every row is built by the run builder (plip_jax.trainers.build), so what is timed is the step a
+real run executes (mesh, optimizer, shardings, donated state, the engine's step of core.step):
   anchor  the work of the PyTorch anchor: ModifiedResNet-50 (256x128, attention pool) + BERT-base
-          with embeddings and layers 0-7 frozen, CMPM loss, AdamW. Gradients and optimizer state
-          exist only for the trainable parameters (the frozen ones are a separate, undonated input).
-  full    the full PLIP objective with the real model and step: plip_jax.models.plip.PLIP (two image
-          and two text passes, CMPM + colorization + attribute heads) and plip_jax.trainers.pretrain_step.
-Batches come from plip_jax.data.synthetic and sit on the device before timing. Per row: compile
+          with embeddings and layers 0-7 frozen, CMPM loss, AdamW at a constant lr
+          (`build.make_run` with this file's loss; the frozen layers get no optimizer state).
+  full    the full PLIP objective: configs/pretrain.py:release (two image and two text passes,
+          CMPM + colorization + attribute heads, Adan) with a random BERT-base-shaped tower
+          (`build.pretraining`); TIC's reduction is sum_sq, as the PyTorch twin's.
+  mini    configs/pretrain.py:mini, the embedded default's step (`build.pretraining`), CPU fp32.
+Batches come from plip_jax.data.synthetic and sit on the device before timing. `time_step` is the
+one way a step is timed in bench/ (bench/probes/mini_step_profile.py uses it too): compile
 seconds, then warm-up, then the median of --steps steps each ended by block_until_ready (samples/s
 and step ms come from it), plus the same steps dispatched back to back with one sync at the end
-(step_ms_pipelined); FLOPs from XLA's cost analysis of the compiled step; peak device memory from
+(step_ms_pipelined); FLOPs from XLA's cost analysis of the lowered step; peak device memory from
 the allocator (GPU, exact with --isolate: one process per row) or XLA's memory analysis (CPU).
 
-Imports only jax, flax, optax, numpy and plip_jax (no tfds/grain/ml_collections: the GPU image
-lacks them). Examples:
+Imports jax, flax, optax, numpy, ml_collections and plip_jax, no tfds/grain (the lent GPU image has
+none of them, nor ml_collections: bench/README.md says how it travels). Examples:
   python bench/train_step.py --smoke                              # tiny shapes, CPU, seconds
   python bench/train_step.py --rows anchor:bf16:256,full:bf16:128 --isolate --time-budget 240
 Writes bench/results/train_step-<date>-<card>[-smoke].json (or --out).
@@ -22,15 +26,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,29 +39,26 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import common  # noqa: E402  (bench/common.py)
-import flax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from flax import traverse_util  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P
 
-from plip_jax.core import optim, sharding
-from plip_jax.core import state as state_lib
+from plip_jax import config_parts  # noqa: E402
+from plip_jax.core import state as state_lib  # noqa: E402
 from plip_jax.data import synthetic, transforms  # noqa: E402
 from plip_jax.losses.cmpm import cmpm_loss  # noqa: E402
 from plip_jax.models.bert import Bert, BertConfig  # noqa: E402
-from plip_jax.models.plip import PLIP  # noqa: E402
 from plip_jax.models.resnet import ModifiedResNet  # noqa: E402
 from plip_jax.models.text_tower import resolve  # noqa: E402
-from plip_jax.trainers import pretrain_step as train_step  # noqa: E402
+from plip_jax.trainers import build  # noqa: E402
 
-FORBIDDEN = ("tensorflow", "tensorflow_datasets", "grain", "ml_collections")
+FORBIDDEN = ("tensorflow", "tensorflow_datasets", "grain")
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
-WORKS = ("anchor", "full", "mini")  # mini: CPU only (configs/pretrain.py:mini via bench/mini_work.py)
+WORKS = ("anchor", "full", "mini")  # mini: CPU only (configs/pretrain.py:mini)
+MINI_STEPS_PER_EPOCH = 1050   # the default procedural build's (the lr schedule is compiled into the step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,64 +114,78 @@ class AnchorModel(nn.Module):
         return {"image_emb": image_emb, "text_emb": pooled}
 
 
-@flax.struct.dataclass
-class AnchorState:
-    step: jax.Array
-    trainable: Any       # flat {'/'-joined name: array} of the trainable parameters
-    batch_stats: Any
-    opt_state: Any
+def anchor_loss(model: AnchorModel) -> Callable:
+    """The anchor's loss in the engine's form: (params, batch_stats, batch, rng) -> (loss, (metrics, stats))."""
+
+    def loss_fn(params: Any, batch_stats: Any, batch: dict, rng: jax.Array):
+        out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, batch, train=True,
+                                   mutable=["batch_stats"], rngs={"dropout": rng})
+        loss = cmpm_loss(out["image_emb"], out["text_emb"], batch["id"])
+        return loss, ({"loss": loss}, mutated["batch_stats"])
+
+    return loss_fn
 
 
-def split_params(params: Any, patterns: tuple[str, ...]) -> tuple[dict, dict]:
-    """(trainable, frozen) flat dicts keyed by '/'-joined names."""
-    flat = traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    frozen = {k: v for k, v in flat.items() if any(re.fullmatch(p, k) for p in patterns)}
-    return {k: v for k, v in flat.items() if k not in frozen}, frozen
+def anchor_config(sizes: Sizes, batch: int) -> ml_collections.ConfigDict:
+    """The anchor's run: AdamW lr 1e-4, weight decay 1e-2, constant lr, the frozen text layers frozen."""
+    optim_cfg = config_parts.optim_config()
+    optim_cfg.update(dict(name="adamw", lr=1e-4, scale_lr_by_batch=False, weight_decay=1e-2,
+                          schedule="constant", warmup_epochs=0.0, frozen=frozen_patterns(sizes.frozen_layers),
+                          lr_multipliers=(), no_decay=()))
+    return ml_collections.ConfigDict(dict(
+        seed=0, optim=optim_cfg, data=dict(batch_size=int(batch)),
+        mesh=dict(data=-1, fsdp=1, fsdp_min_size=2**18), train=dict(steps=100_000, epochs=0.0)))
 
 
-def make_anchor_step(model: AnchorModel, tx: optax.GradientTransformation) -> Callable:
-    """(state, frozen, batch, rng) -> (state, metrics): grads of the trainable parameters only."""
-
-    def step(state: AnchorState, frozen: dict, batch: dict, rng: jax.Array) -> tuple[AnchorState, dict]:
-        rng = jax.random.fold_in(rng, state.step)
-
-        def loss_fn(trainable: dict):
-            params = traverse_util.unflatten_dict({**trainable, **frozen}, sep="/")
-            out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, batch, train=True,
-                                       mutable=["batch_stats"], rngs={"dropout": rng})
-            return cmpm_loss(out["image_emb"], out["text_emb"], batch["id"]), mutated["batch_stats"]
-
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
-        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-        trainable = optax.apply_updates(state.trainable, updates)
-        return AnchorState(step=state.step + 1, trainable=trainable, batch_stats=batch_stats,
-                           opt_state=opt_state), {"loss": loss}
-
-    return step
+def full_config(sizes: Sizes, dtype: str, batch: int, optimizer: str) -> ml_collections.ConfigDict:
+    """configs/pretrain.py:release at `sizes`, a random text tower (sizes.text), `optimizer`."""
+    c = config_parts.load(f"{ROOT / 'configs' / 'pretrain.py'}:release")
+    c.model.dtype = "bfloat16" if dtype == "bf16" else "float32"
+    c.model.image.update(dict(layers=sizes.image_layers, width=sizes.image_width, heads=sizes.image_heads,
+                              output_dim=sizes.output_dim, input_size=sizes.input_size))
+    c.model.text.init = sizes.text
+    c.model.text.frozen_layers = sizes.frozen_layers
+    c.model.tic.fpn_dim = sizes.fpn_dim
+    c.model.iap.update(dict(heads=sizes.iap_heads, mlp_dim=sizes.iap_mlp_dim))
+    c.optim.name = optimizer
+    c.optim.frozen = frozen_patterns(sizes.frozen_layers)
+    c.losses.tic_reduction = "sum_sq"   # as the PyTorch twin's (bench/torch_reference.py FULL_LOSS_CFG)
+    c.data.batch_size = int(batch)
+    c.data.max_length, c.data.max_masked = sizes.max_length, sizes.max_masked
+    c.train.steps = 100_000
+    return c
 
 
-def paper_optim_cfg(name: str, frozen: tuple[str, ...]) -> types.SimpleNamespace:
-    """configs/common.optim_config() as a plain namespace (ml_collections is not on the GPU image)."""
-    return types.SimpleNamespace(
-        name=name, lr=2e-3, scale_lr_by_batch=True, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, weight_decay=0.02,
-        schedule="step", warmup_epochs=10.0, decay_epochs=(30.0, 50.0), decay_factor=0.1, clip_norm=0.0,
-        grad_accum_steps=1, frozen=frozen, lr_multipliers=((r"^text/.*", 0.1),),
-        no_decay=(r".*/bias$", r".*/scale$", r".*LayerNorm.*", r".*/bn\d?/.*"))
+def mini_config(batch: int) -> ml_collections.ConfigDict:
+    """configs/pretrain.py:mini at `batch` captions (each brings the config's 4 images)."""
+    c = config_parts.load(f"{ROOT / 'configs' / 'pretrain.py'}:mini")
+    c.data.batch_size = int(batch)
+    return c
 
 
-LOSS_CFG = types.SimpleNamespace(weights={"ivlc": 1.0, "tic": 0.02, "iap": 0.1}, cmpm_eps=1e-8,
-                                 cosine_logits=False, tic_reduction="sum_sq")
+def host_batches(config: ml_collections.ConfigDict, vocab: int, n: int = 2) -> list[dict]:
+    """`n` distinct synthetic host batches with the training spec of `config` (global batch)."""
+    d = config.data
+    return [synthetic.synthetic_batch(int(d.batch_size), tuple(config.model.image.input_size), int(d.max_length),
+                                      int(d.max_masked), vocab_size=vocab, seed=i,
+                                      images_per_caption=int(d.get("images_per_caption", 1)))
+            for i in range(n)]
 
 
-def device_batches(sizes: Sizes, batch: int, vocab: int, mesh, n: int = 2) -> list[dict]:
-    """`n` distinct synthetic batches, already on the device(s) in the batch sharding."""
-    sh = sharding.batch_sharding(mesh)
-    out = []
-    for i in range(n):
-        b = synthetic.synthetic_batch(batch, sizes.input_size, sizes.max_length, sizes.max_masked,
-                                      vocab_size=vocab, seed=i)
-        out.append(jax.device_put(b, sh))
-    return out
+def _on_device(run: build.Run, host: list[dict]) -> tuple[list[dict], jax.Array]:
+    """The batches in the run's batch sharding and a replicated key."""
+    batches = [jax.device_put(h, run.batch_sharding) for h in host]
+    rng = jax.device_put(jax.random.key(0), jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec()))
+    return batches, rng
+
+
+def pretraining_row(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                    seed: int = 0) -> tuple[Callable, tuple, Callable]:
+    """(jitted step, initial args, advance) of a pre-training config, as `build.pretraining` builds it."""
+    built = build.pretraining(config, steps_per_epoch)
+    batches, rng = _on_device(built.run, host_batches(config, built.text_cfg.vocab_size))
+    advance = lambda a, out, i: (out[0], batches[i % len(batches)], a[2])  # noqa: E731
+    return built.run.step, (built.fresh_state(seed), batches[0], rng), advance
 
 
 def _cost_flops(stage) -> float | None:
@@ -210,68 +221,38 @@ def _device_peak_gib() -> float | None:
     return stats["peak_bytes_in_use"] / 2**30
 
 
-def create_state_compat(model, tx, example_batch: dict, seed: int, mesh):
-    """plip_jax.core.state.create_state across its two signatures (int `seed` now, a PRNG key before)."""
-    import inspect
-
-    params = list(inspect.signature(state_lib.create_state).parameters)
-    arg = seed if params[3] == "seed" else jax.random.key(seed)
-    return state_lib.create_state(model, tx, example_batch, arg, mesh)
-
-
 def build_row(work: str, dtype: str, batch: int, sizes: Sizes, full_optimizer: str) -> tuple[Callable, tuple, Callable]:
-    """(jitted step, its initial args, advance(args, outputs) -> next args) for one row."""
-    text_cfg, _ = resolve(sizes.text)
-    mesh = sharding.make_mesh()
-    sharding.check_batch_size(batch, mesh)
-    repl = NamedSharding(mesh, P())
-    batches = device_batches(sizes, batch, text_cfg.vocab_size, mesh)
-    rng = jax.device_put(jax.random.key(0), repl)
-    init_rng = jax.random.key(0, impl="rbg")  # RBG: init compiles much faster than threefry on CPU
-    patterns = frozen_patterns(sizes.frozen_layers)
+    """(jitted step, its initial args, advance(args, outputs, i) -> next args) for one row."""
     if work == "anchor":
+        text_cfg, _ = resolve(sizes.text)
         model = AnchorModel(sizes, text_cfg, DTYPES[dtype])
-        variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, batches[0], train=True),
-                            out_shardings=repl)(init_rng)
-        trainable, frozen = split_params(variables["params"], patterns)
-        tx = optax.adamw(1e-4, weight_decay=1e-2)
-        st = jax.jit(lambda t, bs: AnchorState(step=jnp.zeros((), jnp.int32), trainable=t, batch_stats=bs,
-                                                opt_state=tx.init(t)), out_shardings=repl)(
-            jax.tree.map(jnp.copy, trainable), variables["batch_stats"])  # copies: never donate init buffers
-        fn = jax.jit(make_anchor_step(model, tx), donate_argnums=(0,))
-        args = (st, frozen, batches[0], rng)
-        advance = lambda a, out, i: (out[0], a[1], batches[i % len(batches)], a[3])
-        return fn, args, advance
+        host = [synthetic.synthetic_batch(batch, sizes.input_size, sizes.max_length, sizes.max_masked,
+                                          vocab_size=text_cfg.vocab_size, seed=i) for i in range(2)]
+        example = {k: v[:2] for k, v in host[0].items()}
+        abstract = state_lib.abstract_state(model, optax.identity(), example, state_lib.init_key(0))
+        run = build.make_run(anchor_config(sizes, batch), loss_fn=anchor_loss(model), params=abstract.params,
+                             batch_stats=abstract.batch_stats, steps_per_epoch=1000)
+        batches, rng = _on_device(run, host)
+        state = state_lib.materialize(model, run.tx, example, 0, run.shardings)
+        advance = lambda a, out, i: (out[0], batches[i % len(batches)], a[2])  # noqa: E731
+        return run.step, (state, batches[0], rng), advance
     if work == "mini":
         if dtype != "fp32":
             raise ValueError("the mini work is the embedded default's fp32 step")
-        import mini_work  # bench/mini_work.py: the trainer's own step of configs/pretrain.py:mini
-
-        return mini_work.jax_step(batch)
+        return pretraining_row(mini_config(batch), MINI_STEPS_PER_EPOCH)
     if work == "full":
-        model = PLIP(image_layers=sizes.image_layers, image_width=sizes.image_width, image_heads=sizes.image_heads,
-                     output_dim=sizes.output_dim, input_size=sizes.input_size, text_config=text_cfg,
-                     recipe="release", frozen_text_layers=sizes.frozen_layers, fpn_dim=sizes.fpn_dim,
-                     iap_heads=sizes.iap_heads, iap_mlp_dim=sizes.iap_mlp_dim, dtype=DTYPES[dtype])
-        host_example = jax.tree.map(np.asarray, batches[0])
-        shapes = jax.eval_shape(lambda r: state_lib.init_variables(model, r, host_example), jax.random.key(0))
-        tx, schedule = optim.make_optimizer(paper_optim_cfg(full_optimizer, patterns), shapes["params"],
-                                            steps_per_epoch=1000, total_steps=100_000, global_batch=batch)
-        st, st_sh = create_state_compat(model, tx, host_example, 0, mesh)
-        step = train_step.make_train_step(model, tx, LOSS_CFG, schedule)
-        fn = train_step.jit_train_step(step, st_sh, sharding.batch_sharding(mesh), mesh)
-        args = (st, batches[0], rng)
-        advance = lambda a, out, i: (out[0], batches[i % len(batches)], a[2])
-        return fn, args, advance
+        return pretraining_row(full_config(sizes, dtype, batch, full_optimizer), 1000)
     raise ValueError(f"unknown work {work!r}; expected one of {WORKS}")
 
 
-def run_row(work: str, dtype: str, batch: int, sizes: Sizes, steps: int, warmup: int,
-            full_optimizer: str) -> dict[str, Any]:
-    """Compile, warm up and time one (work, dtype, batch) row in this process."""
-    row: dict[str, Any] = {"work": work, "impl": "jax", "mode": "jit", "dtype": dtype, "batch": batch,
-                           "steps": steps, "warmup": warmup}
-    fn, args, advance = build_row(work, dtype, batch, sizes, full_optimizer)
+def time_step(fn: Callable, args: tuple, advance: Callable, steps: int, warmup: int,
+              pipelined: bool = True) -> dict[str, Any]:
+    """Compile, warm up and time a jitted step: the one way bench/ times a step.
+
+    Returns compile_s, flops_per_step (XLA's cost analysis of the lowered step), XLA's memory
+    estimate, the median and min of `steps` steps each synced, with `pipelined` the time per step
+    of `steps` more dispatched back to back (one sync at the end), and the last loss."""
+    row: dict[str, Any] = {}
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
     compiled = lowered.compile()
@@ -296,20 +277,31 @@ def run_row(work: str, dtype: str, batch: int, sizes: Sizes, steps: int, warmup:
         times.append(time.perf_counter() - t)
         i += 1
         args = advance(args, out, i)
-    t = time.perf_counter()
-    for _ in range(steps):  # pipelined: no host sync inside the loop
-        out = compiled(*args)
-        i += 1
-        args = advance(args, out, i)
-    jax.block_until_ready(out)
-    pipelined = (time.perf_counter() - t) / steps
-    loss = float(out[1]["loss"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"{work}/{dtype}/b{batch}: non-finite loss {loss}")
-    row.update(step_ms=round(common.median_ms(times), 3), step_ms_pipelined=round(1e3 * pipelined, 3),
-               step_ms_min=round(1e3 * min(times), 3), loss=round(loss, 4), status="ok")
-    peak = _device_peak_gib()
-    row["peak_mem_gib"] = round(peak if peak is not None else (est or 0.0), 3) if (peak or est) else None
+    if pipelined:
+        t = time.perf_counter()
+        for _ in range(steps):  # pipelined: no host sync inside the loop
+            out = compiled(*args)
+            i += 1
+            args = advance(args, out, i)
+        jax.block_until_ready(out)
+        row["step_ms_pipelined"] = round(1e3 * (time.perf_counter() - t) / steps, 3)
+    row.update(step_ms=round(common.median_ms(times), 3), step_ms_min=round(1e3 * min(times), 3),
+               loss=float(out[1]["loss"]))
+    return row
+
+
+def run_row(work: str, dtype: str, batch: int, sizes: Sizes, steps: int, warmup: int,
+            full_optimizer: str) -> dict[str, Any]:
+    """Compile, warm up and time one (work, dtype, batch) row in this process."""
+    row: dict[str, Any] = {"work": work, "impl": "jax", "mode": "jit", "dtype": dtype, "batch": batch,
+                           "steps": steps, "warmup": warmup}
+    fn, args, advance = build_row(work, dtype, batch, sizes, full_optimizer)
+    row.update(time_step(fn, args, advance, steps, warmup))
+    if not np.isfinite(row["loss"]):
+        raise FloatingPointError(f"{work}/{dtype}/b{batch}: non-finite loss {row['loss']}")
+    row.update(loss=round(row["loss"], 4), status="ok")
+    peak, est = _device_peak_gib(), row["xla_memory_estimate_gib"]
+    row["peak_mem_gib"] = round(peak if peak is not None else est, 3) if (peak or est) else None
     row["peak_mem_source"] = "allocator" if peak is not None else "xla_memory_analysis"
     return row
 
@@ -402,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         notes = ["fp32 rows use XLA's default precision (TF32 tensor cores on Ampere/Hopper); MFU of fp32 rows is "
                  "against the TF32 dense peak, bf16 rows against the bf16 dense peak.",
                  "anchor = ModifiedResNet-50 + BERT-base (embeddings + layers 0-7 frozen) + CMPM + AdamW; "
-                 f"full = PLIP (ivlc+tic+iap) with optimizer {a.full_optimizer}.",
+                 f"full = PLIP (ivlc+tic+iap) with optimizer {a.full_optimizer}; every row built by "
+                 "plip_jax.trainers.build.",
                  "samples_per_s = batch / median per-step time (each step synced); step_ms_pipelined = no sync."]
         if a.smoke:
             notes.append("smoke: tiny shapes compiled with jax_disable_most_optimizations; not a timing.")

@@ -33,7 +33,7 @@ def _run(args: list[str], out: Path, timeout: int = 600) -> dict:
 def test_jax_train_step_smoke(tmp_path: Path) -> None:
     doc = _run(["bench/train_step.py", "--smoke", "--rows", "anchor:bf16:4"], tmp_path / "jax.json")
     assert doc["kind"] == "train_step" and doc["smoke"] is True
-    assert doc["config"]["forbidden_imports"] == [], "the GPU image has no tfds/grain/ml_collections"
+    assert doc["config"]["forbidden_imports"] == [], "the lent GPU image has no tfds/grain"
     (row,) = doc["rows"]
     assert row["status"] == "ok", row
     assert row["work"] == "anchor" and row["dtype"] == "bf16" and row["batch"] == 4
@@ -46,6 +46,16 @@ def test_jax_full_objective_smoke_isolated(tmp_path: Path) -> None:
     (row,) = doc["rows"]
     assert row["status"] == "ok", row
     assert row["work"] == "full" and row["peak_mem_gib"] is not None
+
+
+def test_torch_reference_mini_twin_smoke(tmp_path: Path) -> None:
+    """The `mini` work in PyTorch: the twin of configs/pretrain.py:mini as the run builder builds it
+    (the JAX side is bench/train_step.py's pretraining_row, the path of the `full` rows)."""
+    doc = _run(["bench/torch_reference.py", "--device", "cpu", "--rows", "mini:eager:fp32:2", "--steps", "1",
+                "--warmup", "0"], tmp_path / "torch.json")
+    (row,) = doc["rows"]
+    assert row["status"] == "ok", row
+    assert row["work"] == "mini" and row["batch"] == 2 and row["step_ms"] > 0
 
 
 def test_torch_reference_smoke(tmp_path: Path) -> None:
