@@ -1,4 +1,4 @@
-"""Issue 17's CPU numbers in one run on this machine: `bench/results/cpu-<date>.json`.
+"""The CPU numbers in one run on this machine: `bench/results/cpu-<date>.json`.
 
 One subprocess at a time, so no two measurements share the cores:
 1. the train step, JAX (`bench/train_step.py`) and PyTorch eager (`bench/torch_reference.py`) on the

@@ -1,4 +1,4 @@
-"""Issue 15's rehearsal: `configs/pretrain.py:rehearsal` (the paper's model, objective and optimizer,
+"""The rehearsal: `configs/pretrain.py:rehearsal` (the paper's model, objective and optimizer,
 a random BERT-base-shaped text tower, procedural data at 256x128) end to end on this CPU, measured.
 
   python bench/rehearsal.py [--cut-down] [--workroot DIR] [--data-dir DIR] [--out-dir bench/results]
@@ -265,40 +265,21 @@ def export_torch(workdir: Path, export: Path, root: Path, timeout: float) -> dic
 
 # Parts (fresh processes) --------------------------------------------------------------------------
 def build_setup(config) -> SimpleNamespace:
-    """Model, optimizer, state shapes and shardings and the jitted step, built as train.py builds
-    them (steps per epoch from the training stream: the lr schedule is compiled into the step, and
-    the same program is what the persistent cache hands back)."""
+    """The run as pre-training builds it (plip_jax.trainers.build.pretraining, steps per epoch from
+    the training stream: the lr schedule is compiled into the step, and the same program is what
+    the persistent cache hands back), its training stream and the loop's base key."""
     import jax
-    import optax
 
-    from plip_jax.core import optim
-    from plip_jax.core import sharding as shd
-    from plip_jax.core import state as state_lib
-    from plip_jax.data import sources as data_setup
+    from plip_jax.data import sources
     from plip_jax.data.tokenizer import load_tokenizer
-    from plip_jax.losses.total import active_tasks
-    from plip_jax.models import text_tower
-    from plip_jax.models.plip import build_model
-    from plip_jax.trainers.pretrain_step import jit_train_step, make_train_step
+    from plip_jax.trainers import build
 
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
-    bsh = shd.batch_sharding(mesh)
     tokenizer = load_tokenizer(config.data.tokenizer_dir, max_length=config.data.max_length)
-    data = data_setup.open_train(config, tokenizer)
-    steps_per_epoch = max(data.steps_per_epoch, 1)
-    total = int(config.train.steps) or int(math.ceil(config.train.epochs * steps_per_epoch))
-    text_cfg, _ = text_tower.from_config(config.model)
-    model = build_model(config.model, text_cfg, active_tasks(dict(config.losses.weights)))
-    example = data_setup.example_batch(config, text_cfg)
-    abstract = state_lib.abstract_state(model, optax.identity(), example, state_lib.init_key(config.seed))
-    tx, schedule = optim.make_optimizer(config.optim, abstract.params, steps_per_epoch, total,
-                                        config.data.batch_size)
-    abstract = abstract.replace(opt_state=jax.eval_shape(tx.init, abstract.params))
-    shardings = state_lib.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
-    step_fn = jit_train_step(make_train_step(model, tx, config.losses, schedule), shardings, bsh, mesh)
-    return SimpleNamespace(mesh=mesh, bsh=bsh, data=data, model=model, tx=tx, example=example,
-                           abstract=abstract, shardings=shardings, step_fn=step_fn,
-                           target=state_lib.with_shardings(abstract, shardings),
+    data = sources.open_train(config, tokenizer)
+    built = build.pretraining(config, data.steps_per_epoch)
+    run = built.run
+    return SimpleNamespace(built=built, mesh=run.mesh, bsh=run.batch_sharding, data=data, abstract=run.abstract,
+                           shardings=run.shardings, step_fn=run.step, target=run.target,
                            rng=jax.random.key(config.seed + 1))   # the loop's base key
 
 
@@ -372,8 +353,7 @@ def loss_probe(config, s: SimpleNamespace, workdir: Path) -> dict:
     zero = np.zeros((), np.int32)
 
     def initial():
-        st, _ = state_lib.create_state(s.model, s.tx, s.example, config.seed, s.mesh, config.mesh.fsdp_min_size)
-        return load_text_weights(config, st, s.shardings)
+        return load_text_weights(config, s.built.fresh_state(config.seed), s.shardings)
 
     ck = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=3, async_save=False)
     last = ck.latest_step()

@@ -3,7 +3,7 @@
 For each size the same query blocks are scored twice on the same backend: once as the bare matmul
 (normalised inputs, one reused (block, G) output buffer, nothing else) and once through
 ``retrieval_metrics`` (normalisation, id lookup, match-rank counting, both mAPs, mINP). The ratio
-metrics / floor is what issue 17 item 4 bounds (<= 1.5 on CPU). Peak memory is tracemalloc's
+metrics / floor is kept <= 1.5 on CPU (docs/results.md "CPU speed"). Peak memory is tracemalloc's
 (numpy's host allocations; a device's memory is not seen) above the inputs, next to the size of
 one similarity block. Data: ~3 gallery images per identity, a query is its identity's centre plus
 Gaussian noise, float32.
