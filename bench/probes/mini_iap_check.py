@@ -1,28 +1,30 @@
 """Why the :mini's attribute head answers every mask of a caption with one word ("hair hair hair"):
 how alike the masked positions of one caption look to the IAP head, on a real training batch.
 
-  python bench/mini_iap_check.py runs/mini
+  python bench/probes/mini_iap_check.py runs/mini [--data-dir /tmp/pd] [--shipped minilm]
 
 Prints the mean cosine between the text tower's states at the masked positions of each caption
-(the run's tower, and MiniLM-L6 as shipped), and after the head's add fusion with the image
-embedding and its first LayerNorm. Near 1 means the head cannot tell the positions apart, so it
-can only predict the caption's most likely word at all of them. Source of docs/ablations.md's
-IAP paragraph.
+(the run's tower, and the --shipped tower as released: MiniLM-L6 for the :mini; `none` skips it),
+and after the head's add fusion with the image embedding and its first LayerNorm. Near 1 means the
+head cannot tell the positions apart, so it can only predict the caption's most likely word at all
+of them. Source of docs/ablations.md's IAP paragraph.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import plip_jax  # noqa: E402
 from plip_jax.convert import text_weights  # noqa: E402
-from plip_jax.core import checkpoint as ckpt_lib
-from plip_jax.core import sharding as shd
-from plip_jax.data import sources as data_setup
+from plip_jax.core import checkpoint  # noqa: E402
+from plip_jax.data import sources  # noqa: E402
 from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
 from plip_jax.models import text_tower  # noqa: E402
 from plip_jax.models.bert import Bert  # noqa: E402
@@ -37,7 +39,7 @@ def position_cosine(states: np.ndarray, positions: np.ndarray, weights: np.ndarr
             continue
         v = s[p] / np.linalg.norm(s[p], axis=1, keepdims=True)
         out.append((v @ v.T)[np.triu_indices(len(p), 1)].mean())
-    return float(np.mean(out))
+    return float(np.mean(out)) if out else float("nan")
 
 
 def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -45,32 +47,46 @@ def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float = 
     return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * scale + bias
 
 
-def main(workdir: str) -> None:
-    variables, cfg_dict = ckpt_lib.restore_for_inference(workdir)
-    config = ml_collections.ConfigDict(cfg_dict)
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("workdir", help="a pre-training workdir with the IAP head (add fusion)")
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir (default: the run's config.data.data_dir)")
+    p.add_argument("--shipped", default="minilm",
+                   help="text tower as released to compare with (a model.text.init name), or 'none'")
+    a = p.parse_args(argv)
+    variables, cfg = checkpoint.restore_for_inference(a.workdir)
+    config = ml_collections.ConfigDict(cfg)
+    if a.data_dir:
+        config.data.data_dir = a.data_dir
     tokenizer = load_tokenizer(config.data.tokenizer_dir, max_length=config.data.max_length)
-    data = data_setup.open_train(config, tokenizer)
-    data.restore(None, 0)
-    batch = {k: np.asarray(v) for k, v in data.next_global(shd.batch_sharding(shd.make_mesh(1, 1))).items()}
+    stream = sources.open_train(config, tokenizer)
+    stream.restore(None, 0)
+    batch = jax.device_get(stream.next_global(jax.sharding.SingleDeviceSharding(jax.devices()[0])))
     pos, w = batch["mlm_positions"], batch["mlm_weights"]
-    text_cfg, _ = text_tower.from_config(config.model)
     ids, mask = batch["masked_input_ids"], batch["attention_mask"]
+    text_cfg = text_tower.architecture_from_config(config.model)
     run_states = np.asarray(Bert(text_cfg).apply({"params": variables["params"]["text"]}, ids, mask,
                                                  deterministic=True)[0])
-    image = np.asarray(plip_jax.from_pretrained(workdir).encode_images(batch["image"]))
+    image = np.asarray(plip_jax.from_pretrained(a.workdir).encode_images(batch["image"]))
     ln = {k: np.asarray(v) for k, v in variables["params"]["iap"]["resblocks_0"]["ln_1"].items()}
     fused = layer_norm(run_states + image[:, None, :], ln["scale"], ln["bias"])
-    shipped_cfg, folder = text_tower.resolve("minilm")
-    shipped, _ = text_weights.load_params(folder)
-    shipped_states = np.asarray(Bert(shipped_cfg).apply({"params": shipped}, ids, mask, deterministic=True)[0])
-    print(f"{workdir}: one training batch, {int((w > 0).sum())} masked tokens; "
+    out = {"masked_tokens": int((w > 0).sum()), "run_tower": position_cosine(run_states, pos, w),
+           "fused_ln_1": position_cosine(fused, pos, w)}
+    print(f"{a.workdir}: one training batch, {out['masked_tokens']} masked tokens; "
           f"mean cosine between the masked positions of a caption:")
-    print(f"  MiniLM-L6 as shipped        {position_cosine(shipped_states, pos, w):.3f}")
-    print(f"  the run's text tower        {position_cosine(run_states, pos, w):.3f}")
-    print(f"  + image (add), IAP ln_1     {position_cosine(fused, pos, w):.3f}")
-    print(f"  |image embedding| {np.linalg.norm(image, axis=1).mean():.1f} vs "
-          f"|token state| {np.linalg.norm(run_states[mask > 0], axis=1).mean():.1f} (means)")
+    if a.shipped != "none":
+        shipped_cfg, folder = text_tower.resolve(a.shipped)
+        shipped, _ = text_weights.load_params(folder)
+        shipped_states = np.asarray(Bert(shipped_cfg).apply({"params": shipped}, ids, mask, deterministic=True)[0])
+        out["shipped_tower"] = position_cosine(shipped_states, pos, w)
+        print(f"  {a.shipped} as shipped{'':<{max(0, 16 - len(a.shipped))}}{out['shipped_tower']:.3f}")
+    print(f"  the run's text tower        {out['run_tower']:.3f}")
+    print(f"  + image (add), IAP ln_1     {out['fused_ln_1']:.3f}")
+    out["image_norm"] = float(np.linalg.norm(image, axis=1).mean())
+    out["token_norm"] = float(np.linalg.norm(run_states[mask > 0], axis=1).mean())
+    print(f"  |image embedding| {out['image_norm']:.1f} vs |token state| {out['token_norm']:.1f} (means)")
+    return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -1,36 +1,29 @@
-"""Where the :mini train step's CPU time goes: the jitted step of configs/pretrain.py:mini timed with
-pieces switched off (a task weight 0, fewer MiniLM layers, a shorter caption length).
+"""Where the :mini train step's CPU time goes: the step of configs/pretrain.py:mini timed with pieces
+switched off (a task weight 0, fewer MiniLM layers, a shorter caption length).
 
-  python bench/mini_step_profile.py [VARIANT | NAME:key=value,key=value ...]
+  python bench/probes/mini_step_profile.py [VARIANT | NAME:key=value,key=value ...] [--config SPEC]
 
-e.g. `python bench/mini_step_profile.py mini wide:model.image.width=32` (values are Python literals).
-
-Prints ms/step (median of 8 after 2 warm-up steps, a synthetic batch at the mini batch size) and
-GFLOP/step (XLA's cost analysis of the lowered step) per variant. Used to size the :mini recipe for 2 CPU cores (README "Embedded default").
+e.g. `python bench/probes/mini_step_profile.py mini wide:model.image.width=32` (values are Python
+literals; no variant: all of VARIANTS). Each variant is built by the run builder and timed by
+bench/train_step.py's `time_step` (the one way bench/ times a step): ms/step is the median of
+--steps synced steps after --warmup, on synthetic batches at the config's batch size, and GFLOP/step
+is XLA's cost analysis of the lowered step. Used to size the :mini recipe for 2 CPU cores
+(docs/results.md "How the mini recipe got there", docs/ablations.md).
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import sys
-import time
 from pathlib import Path
 
-import jax
-import numpy as np
-import optax
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from plip_jax.config_parts import config_module
+import train_step  # noqa: E402  (bench/train_step.py)
 
-pretrain  # noqa: E402 = config_module(Path(__file__).resolve().parents[1] / "configs" / "pretrain  # noqa: E402.py")
-from plip_jax.core import optim
-from plip_jax.core import state as state_lib
-from plip_jax.data import sources as data_setup
-from plip_jax.data import synthetic  # noqa: E402
-from plip_jax.losses.total import active_tasks
-from plip_jax.models import text_tower  # noqa: E402
-from plip_jax.models.plip import build_model  # noqa: E402
-from plip_jax.trainers.pretrain_step import make_train_step  # noqa: E402
+from plip_jax import config_parts  # noqa: E402
 
 VARIANTS = {
     "mini": {},
@@ -53,37 +46,8 @@ def _set(c, key: str, value) -> None:
     c[last] = value
 
 
-def time_variant(overrides: dict, steps: int = 8) -> tuple[float, float]:
-    c = pretrain.get_config("mini")
-    for k, v in overrides.items():
-        _set(c, k, v)
-    text_cfg, _ = text_tower.from_config(c.model)
-    model = build_model(c.model, text_cfg, active_tasks(dict(c.losses.weights)))
-    d = c.data
-    batch = synthetic.synthetic_batch(d.batch_size, tuple(c.model.image.input_size), d.max_length, d.max_masked,
-                                      vocab_size=text_cfg.vocab_size, num_ids=d.batch_size // 2, seed=0,
-                                      images_per_caption=int(d.get("images_per_caption", 1)))
-    example = data_setup.example_batch(c, text_cfg)
-    abstract = state_lib.abstract_state(model, optax.identity(), example, state_lib.init_key(0))
-    tx, schedule = optim.make_optimizer(c.optim, abstract.params, 1000, 1000, d.batch_size)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-    state, _ = state_lib.create_state(model, tx, example, 0, mesh, c.mesh.fsdp_min_size)
-    step = jax.jit(make_train_step(model, tx, c.losses, schedule), donate_argnums=0)
-    rng = jax.random.key(1)
-    cost = step.lower(state, batch, rng).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    gflop = float(cost.get("flops", float("nan"))) / 1e9
-    times = []
-    for i in range(steps + 2):
-        t = time.perf_counter()
-        state, m = step(state, batch, rng)
-        jax.block_until_ready(m["loss"])
-        times.append(time.perf_counter() - t)
-    return float(np.median(times[2:]) * 1e3), gflop
-
-
 def parse_variant(arg: str) -> tuple[str, dict]:
-    """A named variant, or `NAME:key=value,...` with config keys under the :mini config."""
+    """A named variant, or `NAME:key=value,...` with config keys under the config."""
     if ":" not in arg:
         if arg not in VARIANTS:
             raise SystemExit(f"unknown variant {arg!r}; known: {', '.join(VARIANTS)} (or NAME:key=value,...)")
@@ -101,13 +65,32 @@ def parse_variant(arg: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def main(argv: list[str]) -> None:
-    variants = [parse_variant(a) for a in (argv or list(VARIANTS))]
+def time_variant(config_spec: str, overrides: dict, steps: int, warmup: int) -> tuple[float, float]:
+    """(ms per step, GFLOP per step) of the config with `overrides`."""
+    c = config_parts.load(config_spec)
+    for k, v in overrides.items():
+        _set(c, k, v)
+    fn, args, advance = train_step.pretraining_row(c, train_step.MINI_STEPS_PER_EPOCH)
+    r = train_step.time_step(fn, args, advance, steps, warmup, pipelined=False)
+    return r["step_ms"], (r["flops_per_step"] or float("nan")) / 1e9
+
+
+def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("variants", nargs="*", help="VARIANT or NAME:key=value,... (default: all named variants)")
+    p.add_argument("--config", default=f"{ROOT / 'configs' / 'pretrain.py'}:mini",
+                   help="config file[:argument] the variants change (default configs/pretrain.py:mini)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=2)
+    a = p.parse_args(argv)
+    variants = [parse_variant(v) for v in (a.variants or list(VARIANTS))]
     print(f"{'variant':<16} {'ms/step':>9} {'GFLOP':>7}")
+    out = {}
     for name, overrides in variants:
-        ms, gflop = time_variant(overrides)
-        print(f"{name:<16} {ms:9.0f} {gflop:7.1f}", flush=True)
+        out[name] = time_variant(a.config, overrides, a.steps, a.warmup)
+        print(f"{name:<16} {out[name][0]:9.0f} {out[name][1]:7.1f}", flush=True)
+    return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
