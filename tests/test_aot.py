@@ -94,12 +94,13 @@ def test_collectives_are_counted_from_compiled_hlo():
   %all-gather-done.1 = f32[16,8]{1,0} all-gather-done((f32[4,8]{1,0}, f32[16,8]{1,0}) %all-gather-start.1)
   %reduce-scatter.2 = bf16[2,8]{1,0} reduce-scatter(bf16[8,8]{1,0} %g), dimensions={0}, to_apply=%add
   %all-reduce.3 = f32[] all-reduce(f32[] %x), to_apply=%add
+  %all-reduce.5 = (f32[4,2]{1,0}, bf16[8]{0}) all-reduce(f32[4,2]{1,0} %g1, bf16[8]{0} %g2), to_apply=%add
   %add.4 = f32[16,8]{1,0} add(f32[16,8]{1,0} %a, f32[16,8]{1,0} %b)
 """
     c = aot.collectives(hlo)
     assert c["all-gather"] == {"count": 1, "bytes": 16 * 8 * 4}
     assert c["reduce-scatter"] == {"count": 1, "bytes": 2 * 8 * 2}
-    assert c["all-reduce"] == {"count": 1, "bytes": 4}
+    assert c["all-reduce"] == {"count": 2, "bytes": 4 + 4 * 2 * 4 + 8 * 2}  # a combined one: all its results
     assert c["all-to-all"] == {"count": 0, "bytes": 0}
 
 

@@ -29,8 +29,7 @@ PAPER_CAPTIONS_PER_EPOCH = 12_500_000
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
                 "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
-_OP = re.compile(r"=\s*(\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?)\s+(" + "|".join(COLLECTIVES)
-                 + r")(-start)?\(")
+_OP = re.compile(r"^\s*(?:ROOT )?%?\S+ = (.*?) (" + "|".join(COLLECTIVES) + r")(-start)?\(", re.MULTILINE)
 _SHAPE = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
 
 
@@ -51,13 +50,16 @@ def _shape_bytes(text: str) -> list[int]:
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     """Count and result bytes of each collective in a compiled (partitioned) HLO module, as written
-    (an op inside a loop body counts once). Async `-start` ops count once with their largest
-    buffer (the gathered / reduced result)."""
+    (an op inside a loop body counts once). A combined op (XLA:TPU sums many gradients in one
+    tuple-shaped all-reduce) counts once with all its results; an async `-start` op's tuple holds
+    its operands then its results, and only the results count."""
     out = {name: {"count": 0, "bytes": 0} for name in COLLECTIVES}
     for m in _OP.finditer(hlo_text):
         sizes = _shape_bytes(m.group(1))
+        if m.group(3) and len(sizes) >= 2:
+            sizes = sizes[len(sizes) // 2:]
         out[m.group(2)]["count"] += 1
-        out[m.group(2)]["bytes"] += max(sizes) if sizes else 0
+        out[m.group(2)]["bytes"] += sum(sizes)
     return out
 
 
@@ -209,6 +211,7 @@ def compile_for_slice(config: ml_collections.ConfigDict, slice_name: str, *, cap
         "build_s": round(build_s, 2), "compile_s": round(step.seconds, 2),
         "flops_per_chip": step.flops, "flops_per_sample": step.flops * len(devices) / global_batch,
         "bytes_accessed_per_chip": step.bytes_accessed, "collectives": step.collectives,
+        "collectives_counted": "every op line, combined (tuple) ops with all their results",
         "roofline": roof, "floor_step_s": roof["floor_s"],
         "floor_samples_per_s": global_batch / roof["floor_s"] if roof["floor_s"] > 0 else None,
         "paper": {"epochs": epochs, "captions_per_epoch": captions_per_epoch, "steps": total_steps},
