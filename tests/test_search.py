@@ -125,7 +125,7 @@ def test_folder_without_images_exits_nonzero(model_dir, tmp_path, capsys):
     d = tmp_path / "empty"
     d.mkdir()
     (d / "readme.md").write_text("# nothing")
-    assert S.main(["--checkpoint", str(model_dir), "--images", str(d), "--query", "a man", "--no-cache"]) == 1
+    assert S.main(["--checkpoint", str(model_dir), "--images", str(d), "--query", "a man", "--no-cache"]) == 2
     cap = capsys.readouterr()
     assert "0 images" in cap.out and "1 unreadable files skipped" in cap.out
     assert "no readable images" in cap.err
