@@ -10,7 +10,7 @@
 # bench/results/<date>-<card>.json (+ a copy in $OUT when set) with the device, versions and
 # ratio_jax_over_torch_compile, and prints the table. Needs jax/flax/optax/einops/pillow,
 # ml_collections (the run builder's configs) and torch/transformers, no tfds or grain; the lent GPU
-# image lacks ml_collections: bench/README.md "On a lent GPU" says how it travels.
+# image lacks ml_collections: bench/README.md "On a GPU machine".
 # Overridable: PYTHON, JAX_ROWS, TORCH_ROWS, JAX_BUDGET, TORCH_BUDGET (seconds before no new row
 # starts), JAX_TIMEOUT, TORCH_TIMEOUT (hard limits), STEPS.
 set -uo pipefail

@@ -17,7 +17,7 @@ and step ms come from it), plus the same steps dispatched back to back with one 
 the allocator (GPU, exact with --isolate: one process per row) or XLA's memory analysis (CPU).
 
 Imports jax, flax, optax, numpy, ml_collections and plip_jax, no tfds/grain (the lent GPU image has
-none of them, nor ml_collections: bench/README.md says how it travels). Examples:
+none of them, nor ml_collections: bench/README.md "On a GPU machine"). Examples:
   python bench/train_step.py --smoke                              # tiny shapes, CPU, seconds
   python bench/train_step.py --rows anchor:bf16:256,full:bf16:128 --isolate --time-budget 240
 Writes bench/results/train_step-<date>-<card>[-smoke].json (or --out).
