@@ -62,6 +62,11 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return int(config.train.steps) or int(math.ceil(float(config.train.epochs) * max(int(steps_per_epoch), 1)))
 
 
+def mesh_of(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+    """The ('data', 'fsdp') mesh `config.mesh` asks for over `devices` (default: all)."""
+    return shd.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+
+
 def shapes(tree: Any) -> Any:
     """ShapeDtypeStructs of a tree of arrays (or of ShapeDtypeStructs)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", None) or np.asarray(x).dtype),
@@ -70,10 +75,12 @@ def shapes(tree: Any) -> Any:
 
 def make_run(config: ml_collections.ConfigDict, *, loss_fn: LossFn, params: Any, batch_stats: Any,
              steps_per_epoch: int, trainable: Sequence[str] | None = None,
-             devices: Sequence[Any] | None = None, process_count: int | None = None) -> Run:
+             devices: Sequence[Any] | None = None, process_count: int | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> Run:
     """The run of any loss over any parameter tree (arrays or shapes): `config.mesh` over `devices`
-    (default: all), `config.optim` over the `trainable` groups, `config.data.batch_size` global."""
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+    (default: all; or the `mesh` already made, see `mesh_of`), `config.optim` over the `trainable`
+    groups, `config.data.batch_size` global."""
+    mesh = mesh if mesh is not None else mesh_of(config, devices)
     procs = jax.process_count() if process_count is None else int(process_count)
     batch = int(config.data.batch_size)
     shd.check_batch_size(batch, mesh, procs)
@@ -136,4 +143,4 @@ def pretraining(config: ml_collections.ConfigDict, steps_per_epoch: int,
     return Pretraining(run=run, model=model, text_cfg=text_cfg, tasks=tasks, example=example)
 
 
-__all__ = ["Pretraining", "Run", "make_run", "pretrain_model", "pretraining", "shapes", "total_steps"]
+__all__ = ["Pretraining", "Run", "make_run", "mesh_of", "pretrain_model", "pretraining", "shapes", "total_steps"]

@@ -23,6 +23,7 @@ import ml_collections
 from plip_jax.core import sharding as shd
 from plip_jax.core.errors import ConfigError
 from plip_jax.models import text_tower
+from plip_jax.trainers import build
 from plip_jax.trainers.finetune import attributes, common, image_reid, text_reid
 
 TASKS = {"finetune_text_reid": text_reid, "finetune_image_reid": image_reid, "finetune_attributes": attributes}
@@ -42,7 +43,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if batch <= 0:
         raise ConfigError(f"config.data.batch_size must be positive, got {batch}")
     try:
-        mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+        mesh = build.mesh_of(config)
         shd.check_batch_size(batch, mesh, jax.process_count())
     except ValueError as e:
         raise ConfigError(f"config.mesh / config.data.batch_size: {e}") from None

@@ -31,8 +31,7 @@ from plip_jax.core.errors import ConfigError
 from plip_jax.core.metrics import MetricWriter, print_table
 from plip_jax.core.step import LossFn, split_trainable
 from plip_jax.data import downstream as fd
-from plip_jax.data import sources
-from plip_jax.data import transforms
+from plip_jax.data import sources, transforms
 from plip_jax.models import text_tower
 from plip_jax.models.bert import Bert, BertConfig
 from plip_jax.models.build import image_encoder, text_encoder
@@ -219,7 +218,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: Path,
     """Run (or resume) one fine-tune in `workdir`; returns the eval.json dict."""
     t_start = time.time()
     is_main = jax.process_index() == 0
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = build.mesh_of(config)
     batch_sharding = shd.batch_sharding(mesh)
     backbone = load_backbone(config, with_text)
     task = build(config, backbone, batch_sharding)
@@ -237,7 +236,7 @@ def _train_and_evaluate(config, workdir: Path, backbone: Backbone, task: Task, m
     trained, _ = split_trainable(params, task.trainable)
     run = build.make_run(config, loss_fn=task.loss_fn, params=params, batch_stats=batch_stats,
                          steps_per_epoch=task.data.steps_per_epoch, trainable=task.trainable,
-                         devices=mesh.devices.flatten().tolist())
+                         mesh=mesh)
     tx, shardings, abstract = run.tx, run.shardings, run.abstract
     steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
 
