@@ -10,12 +10,13 @@ in one line and exit 2 (plip_jax.core.cli).
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 from absl import flags
 from ml_collections import config_flags
+
+from plip_jax.core.cli import fail, quiet_library_loggers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/pretrain.py[:variant]).",
                                           lock_config=True)
@@ -30,22 +31,16 @@ flags.DEFINE_bool("debug", False, "Show the traceback of known faults too (also 
 FLAGS = flags.FLAGS
 
 
-def _fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
 def main(argv) -> None:
     del argv
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    quiet_library_loggers()
     from plip_jax.core.cli import config_value
 
     config = config_value(_CONFIG)
     if config is None:
-        _fail("--config is required (e.g. --config configs/pretrain.py)")
+        fail("--config is required (e.g. --config configs/pretrain.py)")
     if not FLAGS.topology:
-        _fail("--topology is required (e.g. --topology v5e-64)")
+        fail("--topology is required (e.g. --topology v5e-64)")
     from plip_jax.core import topology
     from plip_jax.trainers import aot
 
@@ -53,11 +48,11 @@ def main(argv) -> None:
     kwargs = {}
     if FLAGS.captions_per_epoch is not None:
         if FLAGS.captions_per_epoch < 1:
-            _fail(f"--captions_per_epoch must be >= 1, got {FLAGS.captions_per_epoch}")
+            fail(f"--captions_per_epoch must be >= 1, got {FLAGS.captions_per_epoch}")
         kwargs["captions_per_epoch"] = FLAGS.captions_per_epoch
     if FLAGS.epochs is not None:
         if FLAGS.epochs <= 0:
-            _fail(f"--epochs must be > 0, got {FLAGS.epochs}")
+            fail(f"--epochs must be > 0, got {FLAGS.epochs}")
         kwargs["epochs"] = FLAGS.epochs
     if FLAGS.sweep:
         from plip_jax.trainers import aot_sweep
@@ -74,7 +69,7 @@ def main(argv) -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}", flush=True)
     if not FLAGS.sweep and not result["fits"]:
-        _fail(result["not_fit_message"])
+        fail(result["not_fit_message"])
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -4,13 +4,14 @@ fine-tuning. One run per workdir (WORKDIR/run.lock); known faults end in one lin
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from plip_jax.core.cli import fail, quiet_library_loggers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -24,16 +25,9 @@ flags.DEFINE_bool("debug", False, "Show the traceback of known faults too (also 
 FLAGS = flags.FLAGS
 
 
-def _fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
 def main(argv) -> None:
     del argv
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    # "Unable to initialize backend 'tpu'" and the like: INFO records of JAX's backend probe.
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    quiet_library_loggers()
     if FLAGS.debug:
         os.environ["PLIP_DEBUG"] = "1"
     import jax
@@ -48,11 +42,11 @@ def main(argv) -> None:
 
     config = config_value(_CONFIG)
     if config is None:
-        _fail("--config is required (e.g. --config configs/pretrain.py:mini)")
+        fail("--config is required (e.g. --config configs/pretrain.py:mini)")
     mode = config.get("mode", "pretrain")
     workdir = FLAGS.workdir or config.get("workdir", None)
     if not workdir:
-        _fail("--workdir is required")
+        fail("--workdir is required")
     from plip_jax.core.workdir_lock import WorkdirLock
 
     # Multi-host: process 0 holds the lock for the run.
@@ -81,7 +75,7 @@ def main(argv) -> None:
 
             run_finetune(config, workdir)
         else:
-            _fail(f"unknown config.mode {mode!r}")
+            fail(f"unknown config.mode {mode!r}")
 
 
 def _batch_size() -> tuple[str, int] | None:

@@ -108,6 +108,19 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     return int(rc or 0)
 
 
+def fail(msg: str) -> None:
+    """End a command now: `error: msg` on stderr, exit 2."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_FAULT)
+
+
+def quiet_library_loggers() -> None:
+    """absl INFO records and JAX's backend-probe INFO lines ("Unable to initialize backend 'tpu'")
+    never come before a command's own answer."""
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
 class UsageError(ValueError):
     """A mistake on the command line (flag, config key, config value or argument); one line."""
 

@@ -241,22 +241,32 @@ def draw_results(queries: Sequence[str], results: list[list[Hit]], root: str | o
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m plip_jax.search", description=__doc__.split("\n\n")[0])
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint and --images: the flags of every command that searches a gallery."""
     p.add_argument("--checkpoint", required=True,
                    help="run workdir, Orbax step dir, official .pth.tar, or a from-torch folder")
     p.add_argument("--images", required=True, help="folder of person crops (searched recursively)")
-    p.add_argument("--query", action="append", required=True, help="text query; repeat for several")
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--out", default=None, help="PNG to draw the results into")
+
+
+def add_index_arguments(p: argparse.ArgumentParser) -> None:
+    """How the gallery is embedded and cached (shared by search and serve)."""
     p.add_argument("--recipe", choices=("release", "paper_v2"), default=None,
                    help="override the text pooling stored with the weights")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-dir", default=None, help=f"where to cache embeddings (default DIR/{CACHE_DIRNAME})")
     p.add_argument("--no-cache", action="store_true", help="embed everything, read and write no cache")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _parser() -> argparse.ArgumentParser:
     from plip_jax.core.cli import add_debug_flag
 
+    p = ArgumentParser(prog="python -m plip_jax.search", description=__doc__.split("\n\n")[0])
+    add_model_arguments(p)
+    p.add_argument("--query", action="append", required=True, help="text query; repeat for several")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--out", default=None, help="PNG to draw the results into")
+    add_index_arguments(p)
     add_debug_flag(p)
     return p
 

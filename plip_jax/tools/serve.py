@@ -22,24 +22,17 @@ from plip_jax.tools.vector_index import EXACT_MAX, KINDS
 
 def _parser() -> argparse.ArgumentParser:
     from plip_jax.core.cli import ArgumentParser, add_debug_flag
-    from plip_jax.tools.search import CACHE_DIRNAME
+    from plip_jax.tools.search import add_index_arguments, add_model_arguments
 
     p = ArgumentParser(prog="python -m plip_jax.serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True,
-                   help="run workdir, Orbax step dir, official .pth.tar, or a from-torch folder")
-    p.add_argument("--images", required=True, help="folder of person crops (searched recursively)")
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
     p.add_argument("--index", choices=KINDS, default="auto",
                    help="ranking: exact, ivf (faiss ANN), or auto (exact up to --exact-max images)")
     p.add_argument("--exact-max", type=int, default=EXACT_MAX, help="largest gallery ranked exactly under auto")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (default nlist/4)")
-    p.add_argument("--recipe", choices=("release", "paper_v2"), default=None,
-                   help="override the text pooling stored with the weights")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--cache-dir", default=None, help=f"where to cache embeddings (default DIR/{CACHE_DIRNAME})")
-    p.add_argument("--no-cache", action="store_true", help="embed everything, read and write no cache")
-    p.add_argument("--no-progress", action="store_true")
+    add_index_arguments(p)
     p.add_argument("--access-log", action="store_true", help="print a line per request")
     add_debug_flag(p)
     return p
