@@ -80,9 +80,8 @@ def profile_jax(work: str, batch: int, steps: int, smoke: bool = False) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     sys.path.insert(0, str(ROOT))
     import jax
-    from jax.profiler import ProfileData
-
     import train_step as ts  # bench/train_step.py
+    from jax.profiler import ProfileData
 
     sizes = ts.SMOKE if smoke else ts.PAPER
     fn, args, advance = ts.build_row(work, "fp32", batch, sizes, "adamw")
@@ -144,9 +143,8 @@ def profile_torch(work: str, batch: int, steps: int, smoke: bool = False) -> dic
     sys.path.insert(0, str(ROOT / "bench"))
     sys.path.insert(0, str(ROOT))
     import torch
-    from torch.profiler import ProfilerActivity, profile
-
     import torch_reference as tr  # bench/torch_reference.py
+    from torch.profiler import ProfilerActivity, profile
 
     s = tr.SMOKE if smoke else tr.PAPER
     device = torch.device("cpu")

@@ -104,18 +104,18 @@ def _cpu_us(fn, n: int, rounds: int) -> float:
 def text_stages(view, tok, batch: int, rounds: int) -> dict[str, float]:
     """CPU us/sample of the non-image stages (read, order, tokenize, mask) on one batch of records."""
     index = pipeline.CaptionIndex.build(view)
-    order = pipeline._CaptionOrder(len(index), seed=0)
+    order = pipeline.CaptionOrder(len(index), seed=0)
     pairs = np.array([order(0, p) for p in range(batch)])
     images = index.image[pairs]
-    exs = pipeline._read_examples(view, images)
+    exs = pipeline.read_examples(view, images)
     common_stages = {
-        "read": _cpu_us(lambda: pipeline._read_examples(view, images), batch, rounds),
+        "read": _cpu_us(lambda: pipeline.read_examples(view, images), batch, rounds),
         "order": _cpu_us(lambda: [order(1, p) for p in range(batch)], batch, rounds),
     }
-    _, spans = zip(*(pipeline._caption_and_spans(ex, int(s)) for ex, s in zip(exs, index.slot[pairs])))
+    _, spans = zip(*(pipeline.caption_and_spans(ex, int(s)) for ex, s in zip(exs, index.slot[pairs])))
 
     def tokenize():
-        t, _ = zip(*(pipeline._caption_and_spans(ex, int(s)) for ex, s in zip(exs, index.slot[pairs])))
+        t, _ = zip(*(pipeline.caption_and_spans(ex, int(s)) for ex, s in zip(exs, index.slot[pairs])))
         return tok.encode_with_offsets(list(t), max_length=64)
 
     enc = tokenize()

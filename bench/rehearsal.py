@@ -7,7 +7,7 @@ a random BERT-base-shaped text tower, procedural data at 256x128) end to end on 
     (peak RSS); compile seconds of its first step and seconds per step from its own metrics.jsonl;
     checkpoint size (du) and save / restore seconds (a fresh process, synchronous Orbax);
 (b) kill-and-resume: a second run SIGKILLed once its step-3 checkpoint is written
-    (PLIP_HOLD_AFTER_CHECKPOINT=3), then the same command again; its losses at steps 4..6 against (a);
+    (SIGKILLed once checkpoint 3 is committed), then the same command again; its losses at steps 4..6 against (a);
 (c) export with `python -m plip_jax.convert to-torch`, strict load into tests/reference/torch_resnet.py
     and transformers.BertModel, embeddings of a few test images / captions against plip_jax.api;
 (d) per-device bytes of the train state (params + optimizer state) for mesh fsdp=1 (1 device) and
@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -212,22 +211,21 @@ def kill_and_resume(workdir: Path, overrides: dict[str, Any], cache: Path, timeo
     """SIGKILL a run once checkpoint KILL_STEP is written, rerun the command, compare losses."""
     log = workdir.parent / f"{workdir.name}-killed.log"
     cmd = main_cmd(workdir, overrides, cache)
+    # Killed once checkpoint KILL_STEP is committed (Orbax renames its folder to the step number
+    # last) and before the next one: the rerun must resume from it. Steps take tens of seconds here.
+    committed = workdir / "checkpoints" / str(KILL_STEP)
     with open(log, "w") as f:
-        p = subprocess.Popen(cmd, cwd=ROOT, env=_env({"PLIP_HOLD_AFTER_CHECKPOINT": str(KILL_STEP)}),
-                             stdout=subprocess.PIPE, stderr=f, text=True)
-        timer = threading.Timer(timeout, p.kill)
-        timer.start()
+        p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + timeout
         held = False
         try:
-            for line in p.stdout:
-                f.write(line)
-                f.flush()
-                if line.startswith("PLIP_HOLD:"):
+            while p.poll() is None and time.time() < deadline:
+                if committed.is_dir():
                     held = True
                     os.kill(p.pid, signal.SIGKILL)
                     break
+                time.sleep(0.2)
         finally:
-            timer.cancel()
             p.kill()
             p.wait()
     if not held:
@@ -285,13 +283,13 @@ def build_setup(config) -> SimpleNamespace:
 
 def part_data(config, args) -> dict:
     """Build (or find) the procedural dataset of the config, timed."""
-    from plip_jax.data import sources as data_setup
+    from plip_jax.data import sources
     from tfds_synth_pedes import build as tb
 
     t0 = time.perf_counter()
-    b = tb.build(config.data.name, config.data.config, data_setup.data_dir(config.data),
+    b = tb.build(config.data.name, config.data.config, sources.data_dir(config.data),
                  **dict(config.data.procedural))
-    return {"name": f"{config.data.name}/{b.builder_config.name}", "data_dir": data_setup.data_dir(config.data),
+    return {"name": f"{config.data.name}/{b.builder_config.name}", "data_dir": sources.data_dir(config.data),
             "build_s": time.perf_counter() - t0, "splits": {k: v.num_examples for k, v in b.info.splits.items()}}
 
 
@@ -448,11 +446,11 @@ def torch_compare(config, workdir: str, pth: str) -> dict:
 
     from plip_jax.api import from_pretrained
     from plip_jax.convert.torch_io import IMG_KEY, TEXT_PREFIX, TXT_KEY, read_arch_json
-    from plip_jax.data import sources as data_setup
+    from plip_jax.data import sources
     from tests.reference.torch_resnet import ModifiedResNet as TorchResNet
 
     m = from_pretrained(workdir)
-    split = data_setup.open_eval(config, m.tokenizer, config.data.test_split)
+    split = sources.open_eval(config, m.tokenizer, config.data.test_split)
     n = 4
     images = np.asarray(split["images"][:n])
     captions = list(split["captions"][:n])

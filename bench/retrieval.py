@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from plip_jax.evals.ranking import pick_backend  # noqa: E402
 from plip_jax.evals.retrieval import (  # noqa: E402
-    _pick_backend,
     l2_normalize,
     retrieval_metrics,
     similarity_topk,
@@ -108,7 +108,7 @@ def run_size(nq: int, ng: int, args) -> list[dict]:
     q, g, q_ids, g_ids = make_data(nq, ng, args.dim, args.noise)
     run_q = min(nq, args.query_limit) if args.query_limit else nq
     q, q_ids = q[:run_q], q_ids[:run_q]
-    backend = _pick_backend(args.backend, np.dtype(np.float32), args.method)
+    backend = pick_backend(args.backend, np.dtype(np.float32), args.method)
     qn, gn = l2_normalize(q), l2_normalize(g)
     gt = gn.T  # what retrieval_metrics multiplies by (a transposed view, no copy)
     block = args.block_size

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from plip_jax.evals.attributes import attribute_metrics
-from plip_jax.evals.reid import reid_metrics, reid_metrics_from_similarity
 from plip_jax.evals.ranking import GalleryIdIndex, similarity_topk
+from plip_jax.evals.reid import reid_metrics, reid_metrics_from_similarity
 from plip_jax.evals.retrieval import metrics_from_similarity, retrieval_metrics
 
 # ---------------------------------------------------------------------------- references

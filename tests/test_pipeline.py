@@ -135,7 +135,7 @@ def test_batch_rows_are_the_per_element_function(tok):
     c = cfg(pad_crop=True, random_erasing=True, mask_schedule="linear", mask_lower=0.3, mask_upper=1.0)
     batches = take(pipeline.make_train_dataset(src, tok, c, seed=4, total_epochs=2).iterator(), 11)
     index = pipeline.CaptionIndex.build(src)
-    order = pipeline._CaptionOrder(len(index), 4)
+    order = pipeline.CaptionOrder(len(index), 4)
     for j, batch in enumerate(batches):
         for r in range(4):
             g = 4 * j + r
@@ -144,7 +144,7 @@ def test_batch_rows_are_the_per_element_function(tok):
             ex = src[int(index.image[pair])]
             rng = np.random.default_rng((4, g))
             image = transforms.load_train_image(ex["image"], IMAGE_SIZE, rng, c.augment_config())
-            text, spans = pipeline._caption_and_spans(ex, int(index.slot[pair]))
+            text, spans = pipeline.caption_and_spans(ex, int(index.slot[pair]))
             enc = tok.encode_with_offsets([text], max_length=64)
             masked, positions, labels, weights = masking.mask_phrases(
                 enc["input_ids"][0], enc["offsets"][0], spans, masking.mask_ratio(epoch, 2, 0.3, 1.0, "linear"),

@@ -8,8 +8,7 @@ import jax
 import numpy as np
 
 from plip_jax.core import state as state_lib
-from plip_jax.data import sources
-from plip_jax.data import transforms
+from plip_jax.data import sources, transforms
 from plip_jax.models import text_tower
 from plip_jax.models.plip import build_model
 from tests.tiny import tiny_config

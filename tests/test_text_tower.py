@@ -110,7 +110,7 @@ def test_folders_and_names(empty_hf, tmp_path):
 
 
 # Random towers: only by name, never frozen ----------------------------------------------------
-def test_random_tower_with_frozen_layers_is_refused(empty_hf):
+def test_random_tower_with_frozen_layers_is_refused(empty_hf, tmp_path):
     from tiny import config_file
     pretrain = config_file("pretrain")
     from tiny import tiny_config
@@ -119,6 +119,7 @@ def test_random_tower_with_frozen_layers_is_refused(empty_hf):
     from plip_jax.trainers.pretrain import validate_config
 
     c = pretrain.get_config()                      # the paper setting: frozen embeddings + layers 0-7
+    c.data.data_dir = str(tmp_path)                # a data folder that exists wherever the test runs
     with pytest.raises(ConfigError, match=re.escape(FLAG)):
         validate_config(c)
     c.model.text.init = "random:bert-base"

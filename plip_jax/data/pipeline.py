@@ -92,7 +92,7 @@ def _captions(example: Mapping[str, Any]) -> list[str]:
     return [_text(c) for c in example.get("captions", ())]
 
 
-def _caption_and_spans(example: Mapping[str, Any], slot: int) -> tuple[str, list]:
+def caption_and_spans(example: Mapping[str, Any], slot: int) -> tuple[str, list]:
     """Caption number `slot` (the prompt caption comes after the `captions`) and its phrase spans."""
     caps = _captions(example)
     raw = _text(example.get("spans_json", b"")) or "{}"
@@ -113,7 +113,7 @@ def _num_captions(example: Mapping[str, Any]) -> int:
 def captions_with_spans(example: Mapping[str, Any]) -> list[tuple[str, list]]:
     """Every caption of a raw example with its attribute-phrase spans, in caption-slot order (the
     `captions`, then the prompt caption when there is one), as training reads them."""
-    return [_caption_and_spans(example, slot) for slot in range(_num_captions(example))]
+    return [caption_and_spans(example, slot) for slot in range(_num_captions(example))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class CaptionIndex:
 # ---------------------------------------------------------------------------------------------
 # Per-epoch orders (samplers). Each maps (epoch, position) -> pair index, deterministically.
 # ---------------------------------------------------------------------------------------------
-class _CaptionOrder:
+class CaptionOrder:
     """Global shuffle of all pairs, a new permutation per epoch (grain's O(1) index_shuffle)."""
 
     def __init__(self, num_pairs: int, seed: int):
@@ -306,7 +306,7 @@ class _IdentityOrder:
 # ---------------------------------------------------------------------------------------------
 # Element function
 # ---------------------------------------------------------------------------------------------
-def _read_examples(source, indices: np.ndarray) -> list:
+def read_examples(source, indices: np.ndarray) -> list:
     """source[i] for each index, in one batched read where the source has `__getitems__`."""
     idx = [int(i) for i in indices]
     if hasattr(source, "__getitems__"):
@@ -352,14 +352,14 @@ class _MakeBatch:
         epochs, poss = np.divmod(gs, self.epoch_length)
         pairs = np.fromiter((self.order(int(e), int(p)) for e, p in zip(epochs, poss)), np.int64, count=n)
         images = self.index.image[pairs]
-        examples = _read_examples(self.source, images)
+        examples = read_examples(self.source, images)
         rngs = [np.random.default_rng((self.seed, int(g))) for g in gs]
 
         image = np.empty((n, h, w, 3), np.uint8)  # each row written once, no batch-level stack
         for b in range(n):
             image[b] = transforms.load_train_image(examples[b]["image"], cfg.image_size, rngs[b], self.aug)
 
-        texts, spans = zip(*(_caption_and_spans(ex, int(s)) for ex, s in zip(examples, self.index.slot[pairs])))
+        texts, spans = zip(*(caption_and_spans(ex, int(s)) for ex, s in zip(examples, self.index.slot[pairs])))
         enc = self.tokenizer.encode_with_offsets(list(texts), max_length=cfg.max_length)
         ratio = {e: masking.mask_ratio(e, self.total_epochs, cfg.mask_lower, cfg.mask_upper, cfg.mask_schedule)
                  for e in set(epochs.tolist())}
@@ -457,7 +457,7 @@ def make_train_dataset(source: Sequence[Mapping[str, Any]], tokenizer, cfg: Data
                          f"({cfg.batch_size})")
     epoch_length = steps * cfg.batch_size
     order = (_IdentityOrder(index, p, k, epoch_length, seed) if cfg.sampler == "identity"
-             else _CaptionOrder(len(index), seed))
+             else CaptionOrder(len(index), seed))
     make = _MakeBatch(source, index, order, tokenizer, cfg, epoch_length, total_epochs, seed)
 
     # Batch the global indices, then build each batch in one call (same rows as per-element maps).

@@ -35,7 +35,6 @@ from plip_jax.evals.ranking import (
     as_embeddings,
     as_ids,
     l2_normalize,
-    pick_backend,
     ranks_from_embeddings,
     ranks_from_similarity,
     similarity_topk,
@@ -44,7 +43,6 @@ from plip_jax.evals.ranking import (
 __all__ = ["RankingAccumulator", "check_metric_args", "l2_normalize", "metrics_from_similarity", "retrieval_metrics",
            "similarity_topk"]
 
-_pick_backend = pick_backend  # the name bench/retrieval.py imports; goes when it imports ranking.pick_backend
 
 
 def check_metric_args(ks: Sequence[int], block_size: int, method: str) -> tuple[int, ...]:
