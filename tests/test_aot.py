@@ -120,3 +120,21 @@ def test_roofline_takes_the_slower_roof():
     assert r["bound"] == "memory" and r["floor_s"] == pytest.approx(2.0)
     r = aot.roofline(197e12 * 3, 819e9, chip)
     assert r["bound"] == "compute" and r["floor_s"] == pytest.approx(3.0)
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_sweep_reports_each_setting_and_recommends_one_that_fits():
+    from tiny import tiny_config
+
+    from plip_jax.trainers import aot_sweep
+
+    c = tiny_config()
+    c.mesh.fsdp_min_size = 64
+    assert {"batch": 16, "fsdp": 4, "remat": "blocks"} in aot_sweep.choices("v5e-4", 16)
+    r = aot_sweep.sweep(c, "v5e-4", settings=[{"batch": 16, "fsdp": 2, "remat": "blocks"}])
+    (row,) = r["rows"]
+    assert row["fits"] and row["report"]["remat"] == "blocks" and row["report"]["mesh"]["fsdp"] == 2
+    assert row["floor_samples_per_s"] > 0
+    assert r["recommended"] == {"batch": 16, "fsdp": 2, "remat": "blocks"}
+    assert "v5e-4" in aot_sweep.table(r) and "*" in aot_sweep.table(r)
