@@ -77,14 +77,8 @@ def reid_metrics_from_similarity(
     q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
         q_ids, g_ids, q_cams, g_cams, sim.shape[0], sim.shape[1]
     )
-    index, junk = GalleryIdIndex(g_ids), np.nonzero(g_ids < 0)[0]
-    acc = RankingAccumulator(ks, count_empty_queries)
-    for lo in range(0, sim.shape[0], block_size):
-        sl = slice(lo, lo + block_size)
-        block = _market_block(sim[sl], index, q_ids[sl], q_cams[sl], g_cams, junk)
-        acc.add(*match_ranks(*block, method))
-        del block
-    return {**acc.result(), "num_gallery": int(sim.shape[1])}
+    blocks = ((lo, sim[lo:lo + block_size]) for lo in range(0, sim.shape[0], block_size))
+    return _market_metrics(blocks, q_ids, g_ids, q_cams, g_cams, ks, method, count_empty_queries)
 
 
 def reid_metrics(
@@ -112,11 +106,17 @@ def reid_metrics(
     q_ids, g_ids, q_cams, g_cams = _check_reid_labels(
         q_ids, g_ids, q_cams, g_cams, q.shape[0], g.shape[0]
     )
+    blocks = similarity_blocks(q, g, int(block_size), normalize)
+    return _market_metrics(blocks, q_ids, g_ids, q_cams, g_cams, ks, method, count_empty_queries)
+
+
+def _market_metrics(blocks, q_ids, g_ids, q_cams, g_cams, ks, method, count_empty_queries) -> dict:
+    """Accumulate the Market-1501 ranks of (first query row, similarity block) pairs."""
     index, junk = GalleryIdIndex(g_ids), np.nonzero(g_ids < 0)[0]
     acc = RankingAccumulator(ks, count_empty_queries)
-    for lo, sim in similarity_blocks(q, g, int(block_size), normalize):
+    for lo, sim in blocks:
         sl = slice(lo, lo + sim.shape[0])
         block = _market_block(sim, index, q_ids[sl], q_cams[sl], g_cams, junk)
         acc.add(*match_ranks(*block, method))
         del sim, block  # free this block before the next one is computed
-    return {**acc.result(), "num_gallery": int(g.shape[0])}
+    return {**acc.result(), "num_gallery": int(len(g_ids))}
