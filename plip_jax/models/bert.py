@@ -129,11 +129,15 @@ def _layer_norm(x: Array, config: BertConfig, dtype: Dtype, name: str) -> Array:
     return y.astype(dtype)
 
 
-class BertEmbeddings(nn.Module):
-    """word + absolute position + token-type embeddings, then LayerNorm and dropout."""
+class _BertModule(nn.Module):
+    """What every BERT module is built from: the architecture and the compute dtype."""
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+
+
+class BertEmbeddings(_BertModule):
+    """word + absolute position + token-type embeddings, then LayerNorm and dropout."""
 
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
@@ -157,11 +161,8 @@ class BertEmbeddings(nn.Module):
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
-class BertSelfAttention(nn.Module):
+class BertSelfAttention(_BertModule):
     """Multi-head scaled dot-product attention with an additive padding mask (HF ``attention.self``)."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, mask_bias: Array, deterministic: bool) -> Array:
@@ -181,11 +182,8 @@ class BertSelfAttention(nn.Module):
         return out.reshape(*out.shape[:2], cfg.hidden_size)
 
 
-class BertResidualOutput(nn.Module):
+class BertResidualOutput(_BertModule):
     """dense -> dropout -> residual add -> LayerNorm (HF ``BertSelfOutput`` / ``BertOutput``)."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, h: Array, residual: Array, deterministic: bool) -> Array:
@@ -195,11 +193,8 @@ class BertResidualOutput(nn.Module):
         return _layer_norm(h + residual, cfg, self.dtype, "LayerNorm")
 
 
-class BertAttention(nn.Module):
+class BertAttention(_BertModule):
     """Self-attention followed by its output projection and post-LN (HF ``attention``)."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, mask_bias: Array, deterministic: bool) -> Array:
@@ -207,11 +202,8 @@ class BertAttention(nn.Module):
         return BertResidualOutput(self.config, self.dtype, name="output")(h, x, deterministic)
 
 
-class BertIntermediate(nn.Module):
+class BertIntermediate(_BertModule):
     """FFN expansion: dense to intermediate_size and the config's activation (exact GELU for BERT)."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -219,11 +211,8 @@ class BertIntermediate(nn.Module):
         return _ACTIVATIONS[cfg.hidden_act](_dense(cfg.intermediate_size, cfg, self.dtype, "dense")(x))
 
 
-class BertLayer(nn.Module):
+class BertLayer(_BertModule):
     """One post-LN transformer block (HF ``encoder.layer.<i>``)."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, mask_bias: Array, deterministic: bool) -> Array:
@@ -232,12 +221,9 @@ class BertLayer(nn.Module):
         return BertResidualOutput(self.config, self.dtype, name="output")(h, x, deterministic)
 
 
-class BertLayerCollection(nn.Module):
+class BertLayerCollection(_BertModule):
     """The stack of layers named '0', '1', ...; gradients stop after the first `frozen_layers`.
     `remat`: each trained layer's activations are recomputed in the backward pass instead of kept."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
     frozen_layers: int = 0
     remat: bool = False
 
@@ -256,11 +242,8 @@ class BertLayerCollection(nn.Module):
         return x
 
 
-class BertEncoder(nn.Module):
+class BertEncoder(_BertModule):
     """Holds the layer collection under the name ``layer`` (HF ``encoder.layer``)."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
     frozen_layers: int = 0
     remat: bool = False
 
@@ -270,11 +253,8 @@ class BertEncoder(nn.Module):
             x, mask_bias, deterministic)
 
 
-class BertPooler(nn.Module):
+class BertPooler(_BertModule):
     """tanh(dense(hidden state of [CLS])) (HF ``pooler``)."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -299,15 +279,12 @@ def _check_inputs(config: BertConfig, input_ids: Array, attention_mask: Array,
                          f"({config.max_position_embeddings})")
 
 
-class Bert(nn.Module):
+class Bert(_BertModule):
     """HF-compatible BertModel: returns (last_hidden_state (N,L,H), pooled (N,H) or None), both float32.
 
     ``frozen_layers=k`` (k > 0) puts the embeddings and layers 0..k-1 behind ``stop_gradient``
     (PLIP freezes embeddings + layers 0-7); 0 or -1 trains everything.
     """
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
     frozen_layers: int = 0
     add_pooler: bool = True
     remat: bool = False             # recompute each trained layer in the backward pass (memory for FLOPs)
