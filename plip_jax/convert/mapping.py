@@ -25,20 +25,21 @@ class ConversionError(ValueError):
     """A state dict does not match the model: lists every missing, unexpected and mis-shaped key."""
 
 
-def _kernel_to_torch(a: np.ndarray) -> np.ndarray:
+def _relayout(a: np.ndarray, conv_order: tuple[int, ...], error: str) -> np.ndarray:
+    """A Dense kernel transposed, a Conv kernel's axes permuted to `conv_order`."""
     if a.ndim == 4:
-        return a.transpose(_CONV_TO_TORCH)
+        return a.transpose(conv_order)
     if a.ndim == 2:
         return a.T
-    raise ConversionError(f"cannot convert a {a.ndim}-D kernel (only 2-D Dense and 4-D Conv are supported)")
+    raise ConversionError(error.format(ndim=a.ndim))
+
+
+def _kernel_to_torch(a: np.ndarray) -> np.ndarray:
+    return _relayout(a, _CONV_TO_TORCH, "cannot convert a {ndim}-D kernel (only 2-D Dense and 4-D Conv are supported)")
 
 
 def _kernel_to_flax(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 4:
-        return a.transpose(_CONV_TO_FLAX)
-    if a.ndim == 2:
-        return a.T
-    raise ConversionError(f"cannot convert a {a.ndim}-D weight to a kernel (expected 2-D or 4-D)")
+    return _relayout(a, _CONV_TO_FLAX, "cannot convert a {ndim}-D weight to a kernel (expected 2-D or 4-D)")
 
 
 def _kernel_shape_to_torch(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -60,17 +60,9 @@ def _check_reid_labels(q_ids, g_ids, q_cams, g_cams, nq: int, ng: int):
     return q_ids, g_ids, q_cams, g_cams
 
 
-def reid_metrics_from_similarity(
-    sim: np.ndarray,
-    q_ids: np.ndarray,
-    g_ids: np.ndarray,
-    q_cams: np.ndarray,
-    g_cams: np.ndarray,
-    ks: Sequence[int] = (1, 5, 10),
-    block_size: int = 4096,
-    method: RankMethod = "auto",
-    count_empty_queries: bool = False,
-) -> dict:
+def reid_metrics_from_similarity(sim: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray, q_cams: np.ndarray,
+                                 g_cams: np.ndarray, ks: Sequence[int] = (1, 5, 10), block_size: int = 4096,
+                                 method: RankMethod = "auto", count_empty_queries: bool = False) -> dict:
     """Market-1501 ReID metrics from a precomputed (Q, G) similarity (higher = more similar)."""
     ks = check_metric_args(ks, block_size, method)
     sim = as_embeddings(sim, "sim")
@@ -81,19 +73,9 @@ def reid_metrics_from_similarity(
     return _market_metrics(blocks, q_ids, g_ids, q_cams, g_cams, ks, method, count_empty_queries)
 
 
-def reid_metrics(
-    query_emb: np.ndarray,
-    gallery_emb: np.ndarray,
-    q_ids: np.ndarray,
-    g_ids: np.ndarray,
-    q_cams: np.ndarray,
-    g_cams: np.ndarray,
-    ks: Sequence[int] = (1, 5, 10),
-    block_size: int = 4096,
-    normalize: bool = True,
-    method: RankMethod = "auto",
-    count_empty_queries: bool = False,
-) -> dict:
+def reid_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray,
+                 q_cams: np.ndarray, g_cams: np.ndarray, ks: Sequence[int] = (1, 5, 10), block_size: int = 4096,
+                 normalize: bool = True, method: RankMethod = "auto", count_empty_queries: bool = False) -> dict:
     """Image ReID metrics (R@k, mAP, mAP_official, mINP in percent) on cosine, Market-1501 protocol.
 
     Returns ``R{k}``, ``mAP``, ``mAP_official``, ``mINP``, ``num_queries``, ``num_queries_without_match`` and
