@@ -214,14 +214,14 @@ def _zero_shot(workdir: Path, task: Task, state, fresh: bool) -> dict | None:
 # The driver
 # ---------------------------------------------------------------------------------------------
 def finetune(config: ml_collections.ConfigDict, workdir: Path,
-             build: Callable[[ml_collections.ConfigDict, Backbone, Any], Task], with_text: bool) -> dict:
+             make_task: Callable[[ml_collections.ConfigDict, Backbone, Any], Task], with_text: bool) -> dict:
     """Run (or resume) one fine-tune in `workdir`; returns the eval.json dict."""
     t_start = time.time()
     is_main = jax.process_index() == 0
     mesh = build.mesh_of(config)
     batch_sharding = shd.batch_sharding(mesh)
     backbone = load_backbone(config, with_text)
-    task = build(config, backbone, batch_sharding)
+    task = make_task(config, backbone, batch_sharding)
     try:
         return _train_and_evaluate(config, workdir, backbone, task, mesh, batch_sharding, t_start, is_main)
     finally:
