@@ -24,6 +24,7 @@ def _aot(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 @needs_libtpu
+@pytest.mark.slow  # a TPU compile each (~40 s here); in the full suite, which CI runs
 @pytest.mark.parametrize("name", ["v5e:2x2", "v4:2x2x1"])
 def test_tiny_config_compiles_for_a_four_chip_slice_with_data_and_fsdp(tmp_path, name):
     out = tmp_path / "aot.json"
@@ -48,6 +49,7 @@ def test_tiny_config_compiles_for_a_four_chip_slice_with_data_and_fsdp(tmp_path,
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_a_batch_that_cannot_fit_is_one_line_with_what_to_try():
     p = _aot("--topology", "v5e:2x2", "--config.data.batch_size=65536", "--noeval")
     assert p.returncode == 2, p.stderr[-3000:]

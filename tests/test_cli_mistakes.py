@@ -32,6 +32,7 @@ def _one_error_line(p: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # a fresh process each (JAX import); the argparse cases below run in-process
 @pytest.mark.parametrize("module", sorted(ABSL_COMMANDS))
 @pytest.mark.parametrize("mistake", sorted(ABSL_MISTAKES))
 def test_absl_command_mistakes_are_one_line(module, mistake):
