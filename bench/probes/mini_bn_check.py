@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plip_jax.core import checkpoint  # noqa: E402
+from probe_run import load_run  # noqa: E402
+
 from plip_jax.data import sources, transforms  # noqa: E402
-from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
 from plip_jax.evals.embed import Embedder  # noqa: E402
 from plip_jax.evals.tasks import text_reid_eval  # noqa: E402
 from plip_jax.models.plip import PLIP  # noqa: E402
@@ -35,11 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, default=60, help="training batches the statistics are re-estimated on")
     p.add_argument("--eval-batch-size", type=int, default=128)
     a = p.parse_args(argv)
-    variables, cfg = checkpoint.restore_for_inference(a.workdir)
-    config = ml_collections.ConfigDict(cfg)
-    if a.data_dir:
-        config.data.data_dir = a.data_dir
-    tok = load_tokenizer(config.data.tokenizer_dir, max_length=config.data.max_length)
+    variables, config, tok = load_run(a.workdir, a.data_dir)
     model, _, _ = build.pretrain_model(config)
     split = sources.open_eval(config, tok, a.split)
     emb = Embedder.for_plip(model, a.eval_batch_size)

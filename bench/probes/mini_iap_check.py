@@ -16,16 +16,16 @@ import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probe_run import load_run  # noqa: E402
 
 import plip_jax  # noqa: E402
 from plip_jax.convert import text_weights  # noqa: E402
-from plip_jax.core import checkpoint  # noqa: E402
 from plip_jax.data import sources  # noqa: E402
-from plip_jax.data.tokenizer import load_tokenizer  # noqa: E402
 from plip_jax.models import text_tower  # noqa: E402
 from plip_jax.models.bert import Bert  # noqa: E402
 
@@ -54,11 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shipped", default="minilm",
                    help="text tower as released to compare with (a model.text.init name), or 'none'")
     a = p.parse_args(argv)
-    variables, cfg = checkpoint.restore_for_inference(a.workdir)
-    config = ml_collections.ConfigDict(cfg)
-    if a.data_dir:
-        config.data.data_dir = a.data_dir
-    tokenizer = load_tokenizer(config.data.tokenizer_dir, max_length=config.data.max_length)
+    variables, config, tokenizer = load_run(a.workdir, a.data_dir)
     stream = sources.open_train(config, tokenizer)
     stream.restore(None, 0)
     batch = jax.device_get(stream.next_global(jax.sharding.SingleDeviceSharding(jax.devices()[0])))
