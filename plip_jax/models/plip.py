@@ -6,7 +6,7 @@ and two text passes, docs/method.md "The three pretext tasks"); inference calls 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import flax.linen as nn
 import jax
@@ -49,14 +49,14 @@ class PLIP(nn.Module):
     output_dim: int = 768
     input_size: tuple[int, int] = (256, 128)
     text_config: BertConfig = None  # type: ignore[assignment]
-    recipe: str = "release"
+    recipe: Literal["release", "paper_v2"] = "release"
     image_pool: str | None = None  # None: the recipe's pooling
     frozen_text_layers: int = 0
     mask_padding: bool = True
     tasks: tuple[str, ...] = TASKS
     fpn_dim: int = 256
     gray_updates_bn_stats: bool = False
-    iap_fusion: str = "add"
+    iap_fusion: Literal["add", "concat_mlp"] = "add"  # heads.IAP_FUSIONS
     iap_layers: int = 1
     iap_heads: int = 12
     iap_mlp_dim: int = 3072
