@@ -130,7 +130,9 @@ def test_architecture_is_inferred_without_json(official, tmp_path):
     assert {k: m.config["text"][k] for k in TEXT_CFG} == TEXT_CFG
 
 
-def test_orbax_workdir_loads_encoders(model, tmp_path):
+def test_orbax_workdir_loads_encoders(model, tmp_path, caplog):
+    import logging
+
     from plip_jax.core import checkpoint
     from plip_jax.models.bert import Bert, BertConfig
 
@@ -150,7 +152,11 @@ def test_orbax_workdir_loads_encoders(model, tmp_path):
     ck.save(3, state, train_cfg)
     ck.close()
     for p in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "3"):
-        m = plip_jax.from_pretrained(p)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="absl"):
+            m = plip_jax.from_pretrained(p)
+        # No library warning comes before a command's answer (Orbax's "_CHECKPOINT_METADATA" was one).
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
         assert m.config["recipe"] == "paper_v2" and m.config["max_length"] == 16
         _assert_same_variables(m.variables["params"]["text"], text)
         _assert_same_variables(m.variables["params"]["image"], model.variables["params"]["image"])

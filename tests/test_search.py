@@ -164,3 +164,22 @@ def test_trained_checkpoint_ranks_the_queried_identity_first(trained_search_run,
     assert rc == 0 and "36 images (36 from cache, 0 embedded)" in out
     first = re.search(r"^\s+1\s+\S+\s+(\S+)$", out, re.M)
     assert first and identity(first.group(1)) == ids[q]
+
+
+def test_a_caption_in_a_script_the_font_lacks_draws_without_a_warning(tmp_path):
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from plip_jax.tools.drawing import save_figure
+
+    fig = plt.figure(figsize=(2, 1))
+    fig.text(0.1, 0.5, "行人 a man")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_figure(fig, tmp_path / "f.png", dpi=40)
+    plt.close(fig)
+    assert (tmp_path / "f.png").stat().st_size > 0

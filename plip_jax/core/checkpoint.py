@@ -17,6 +17,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -371,7 +372,9 @@ def restore_for_inference(path: str | os.PathLike) -> tuple[dict, dict]:
     ckpt_dir, step = find_checkpoint(path)
     step_dir = ckpt_dir / str(step)
     config = _read_json_item(step_dir / CONFIG)
-    checkpointer = ocp.PyTreeCheckpointer()
+    # The item's handler, not a Checkpointer: a Checkpointer looks for the step's metadata file in
+    # the item folder and logs a warning before the command's answer.
+    checkpointer = ocp.PyTreeCheckpointHandler()
     meta = checkpointer.metadata(step_dir / STATE)
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
@@ -379,7 +382,9 @@ def restore_for_inference(path: str | os.PathLike) -> tuple[dict, dict]:
         # No tree metadata (seen on checkpoints finished from a signal handler): restore the whole
         # state without a target and keep the variables.
         try:
-            full = checkpointer.restore(step_dir / STATE)
+            with warnings.catch_warnings():  # "Sharding info not provided": one device, as intended
+                warnings.simplefilter("ignore", UserWarning)
+                full = checkpointer.restore(step_dir / STATE, args=ocp.args.PyTreeRestore())
         except Exception as e:  # noqa: BLE001 - report one clear line
             raise CheckpointError(f"checkpoint {step_dir} cannot be read: {fault_cause(e)}") from None
         if not isinstance(full, dict) or "params" not in full:

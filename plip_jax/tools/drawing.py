@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,13 @@ class Tile:
     title: str = ""
     caption: str = ""
     mark: bool | None = None  # True: green frame (a true match), False: red, None: none
+
+
+def save_figure(fig, out: str | os.PathLike, dpi: int) -> None:
+    """fig.savefig, where text in a script the font lacks draws as boxes without a warning line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing from font")
+        fig.savefig(out, dpi=dpi)
 
 
 def draw_rows(rows: Sequence[tuple[str, Sequence[Tile]]], out: str | os.PathLike, dpi: int = 80,
@@ -54,6 +62,6 @@ def draw_rows(rows: Sequence[tuple[str, Sequence[Tile]]], out: str | os.PathLike
                     s.set_linewidth(3)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    save_figure(fig, out, dpi)
     plt.close(fig)
     return out

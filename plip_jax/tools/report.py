@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from plip_jax.data.transforms import MEAN, STD
+from plip_jax.tools.drawing import save_figure
 
 if TYPE_CHECKING:
     from plip_jax.api import TrainingRun
@@ -114,7 +115,7 @@ def plot_losses(series: dict[str, list[tuple[int, float]]], out: str | os.PathLi
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=dpi)
+    save_figure(fig, out, dpi)
     plt.close(fig)
     return out
 
@@ -337,7 +338,7 @@ def summary_figure(parts: dict[str, Path], attr_rows: list[dict] | None, title: 
         ax.text(0.0, 1.0, _attributes_text(attr_rows), va="top", ha="left", family="monospace",
                 fontsize=8, transform=ax.transAxes)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.02, wspace=0.05, hspace=0.15)
-    fig.savefig(out, dpi=dpi)
+    save_figure(fig, out, dpi)
     plt.close(fig)
     with Image.open(out) as im:  # a 256-colour palette keeps the page small enough for a README
         small = im.convert("RGB").quantize(256, dither=Image.Dither.NONE)
