@@ -9,6 +9,9 @@ identities only when asked: `--param num_val_ids=N --param num_test_ids=M` build
 `--param image_size=HxW` stores the images resized to H x W at build time (JPEG q95), so training
 at that size decodes small images and skips the resize: synth_pedes `full_hH_wW` (procedural renders
 at that size) and cuhk_pedes / icfg_pedes / rstp_reid `full_hH_wW`, each in its own data dir.
+`cuhk_pedes --config procedural` / `icfg_pedes --config procedural` render shifted stand-ins of
+those datasets (tfds_synth_pedes.shifted; params num_identities, images_per_identity, image_size,
+seed, num_cameras, num_val_ids (cuhk_pedes), num_test_ids) and ingest them as released.
 
 Python: `build(...)` returns the prepared builder (a no-op when already built) and
 `data_source(...)` the random-access `tfds` data source of one split.
@@ -35,6 +38,7 @@ from tfds_synth_pedes.pa100k import Pa100k
 from tfds_synth_pedes.peta import Peta
 from tfds_synth_pedes.rap import Rap
 from tfds_synth_pedes.rstp_reid import RstpReid
+from tfds_synth_pedes.shifted import config as shifted_config
 from tfds_synth_pedes.synth_pedes import SynthPedes, make_config
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
@@ -47,10 +51,16 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
 DEFAULT_DATA_DIR = os.path.expanduser("~/tensorflow_datasets")
 
 
+def has_procedural(name: str) -> bool:
+    """Whether dataset `name` has a rendered `procedural` config (built on first use, no download)."""
+    return getattr(BUILDERS.get(name), "PROCEDURAL_STYLE", None) is not None
+
+
 def get_builder(
     name: str, config: str | None = None, data_dir: str | os.PathLike = DEFAULT_DATA_DIR, skip_bad: bool = False, **params: Any
 ) -> tfds.core.GeneratorBasedBuilder:
-    """The (unprepared) builder for NAME/config; params make a uniquely named synth_pedes config."""
+    """The (unprepared) builder for NAME/config; params make a uniquely named config (synth_pedes,
+    a `procedural` config, or a `full_hH_wW` resize)."""
     if name not in BUILDERS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
     cls = BUILDERS[name]
@@ -59,6 +69,8 @@ def get_builder(
         cfg = make_config(config or SynthPedes.DEFAULT_CONFIG_NAME, **params)
         registered = {c.name for c in SynthPedes.BUILDER_CONFIGS}
         kwargs["config"] = cfg.name if cfg.name in registered else cfg  # TFDS wants registered ones by name
+    elif has_procedural(name) and (config or "").split("_")[0] == "procedural":  # rendered, shifted stand-in
+        kwargs["config"] = shifted_config.make_config(name, cls.PROCEDURAL_STYLE, config, **params)
     elif issubclass(cls, ManualCaptionBuilder):  # as released, or images stored resized: full_hH_wW
         cfg = stored_size_config(name, config, **params)
         if cfg is not None:
@@ -124,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = ArgumentParser(prog="python -m tfds_synth_pedes.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(BUILDERS))
-    parser.add_argument("--config", default=None, help="synth_pedes: procedural (default) or full")
+    parser.add_argument("--config", default=None, help="synth_pedes: procedural (default) or full; "
+                        "cuhk_pedes / icfg_pedes: procedural (rendered, shifted stand-in) or as released")
     parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--manual_dir", default=None, help="default: DATA_DIR/downloads/manual")
     parser.add_argument("--skip_bad", action="store_true", help="build without bad entries, listing each one")
@@ -132,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="procedural: num_identities, images_per_identity, image_size=HxW (rendered), seed, "
                         "num_cameras; both synth_pedes configs: num_val_ids, num_test_ids (held-out identities; "
                         "full: 0 + 0 by default, procedural: 200 + 200); synth_pedes full, cuhk_pedes, "
-                        "icfg_pedes, rstp_reid: image_size=HxW (images stored resized to HxW at build)")
+                        "icfg_pedes, rstp_reid: image_size=HxW (images stored resized to HxW at build); "
+                        "cuhk_pedes / icfg_pedes procedural: num_identities, images_per_identity, image_size, "
+                        "seed, num_cameras, num_val_ids (cuhk_pedes), num_test_ids")
     from plip_jax.core.cli import add_debug_flag
 
     add_debug_flag(parser)

@@ -3,6 +3,8 @@
 Subclasses say where the annotation lives and how its entries look (an `ingest.Schema`); this
 class locates the files, validates every entry before writing, assigns splits and yields the
 contract features. `skip_bad=True` leaves bad entries out and reports them in `self.skipped`.
+A config with a `render(download_dir)` method (a rendered stand-in) writes the released layout
+first, and the same ingest reads it.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class ManualCaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     DATASET_FOLDERS: tuple[str, ...] = ()  # sub-folders of the manual dir that may hold the dataset
     IMAGE_SUBDIR = "imgs"  # image root, relative to the annotation file's folder
     SCHEMA = ingest.Schema()
+    # The style of the dataset's rendered `procedural` config, None without one: 'synth' (SYNTH-PEDES),
+    # 'A' / 'B' (the shifted CUHK-PEDES- / ICFG-PEDES-like stand-ins of tfds_synth_pedes.shifted).
+    PROCEDURAL_STYLE: str | None = None
 
     def __init__(self, *, skip_bad: bool = False, **kwargs) -> None:
         self.skip_bad = skip_bad
@@ -128,8 +133,10 @@ class ManualCaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         return {s: out[s] for s in order if s in out}
 
     def _data_root(self, dl_manager: tfds.download.DownloadManager) -> Path:
-        """The folder that holds the annotation file (or a dataset sub-folder with it)."""
-        return self._manual_root(dl_manager)
+        """The folder that holds the annotation file (or a dataset sub-folder with it): the manual dir,
+        or where a rendering config wrote the released layout."""
+        render = getattr(self.builder_config, "render", None)
+        return render(Path(dl_manager.download_dir)) if render is not None else self._manual_root(dl_manager)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = self._data_root(dl_manager)

@@ -1,5 +1,6 @@
 """Glue from `config.data` to the data modules: which TFDS source, built on first use when it is
-the procedural SYNTH-PEDES, the per-process training stream, eval splits, and example batches.
+a rendered `procedural` config (SYNTH-PEDES, or the shifted CUHK-PEDES / ICFG-PEDES stand-ins), the
+per-process training stream, eval splits, and example batches.
 
 `config.data.name = 'synthetic'` feeds in-memory batches (data/synthetic.py), deterministic per
 step: for tests and benchmarks that must not depend on TFDS.
@@ -40,8 +41,15 @@ def validate(data_cfg) -> None:
     if name != "synthetic" and name not in TFDS_NAMES:
         raise ConfigError(f"config.data.name={name!r} is not a dataset (expected one of "
                           f"{TFDS_NAMES + ('synthetic',)})")
-    if name == "synthetic" or (name == "synth_pedes" and data_cfg.config == "procedural"):
+    if name == "synthetic":
         return
+    if data_cfg.config == "procedural":  # rendered into the data dir on first use
+        from tfds_synth_pedes import build as tb
+
+        if tb.has_procedural(name):
+            return
+        raise ConfigError(f"{name} has no 'procedural' config (those with one: "
+                          f"{', '.join(n for n in TFDS_NAMES if tb.has_procedural(n))})")
     d = data_dir(data_cfg)
     if "://" not in d and not Path(d).is_dir() and not (data_cfg.get("manual_dir") and Path(data_cfg.manual_dir).is_dir()):
         raise ConfigError(
@@ -55,8 +63,9 @@ def _procedural_params(data_cfg) -> dict:
 
 
 def _builder(data_cfg):
-    """The tfds builder of (name, config): the procedural SYNTH-PEDES is built on first use, a dataset
-    with `manual_dir` from its files; any other comes as found in the data dir (built or not)."""
+    """The tfds builder of (name, config): a `procedural` config is built on first use (with the
+    params `data.procedural`), a dataset with `manual_dir` from its files; any other comes as found
+    in the data dir (built or not)."""
     from tfds_synth_pedes import build as tb
 
     name, cfg_name = data_cfg.name, data_cfg.config

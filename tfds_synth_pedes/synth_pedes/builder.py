@@ -24,7 +24,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from tfds_synth_pedes import ingest
+from tfds_synth_pedes import config_names, ingest
 from tfds_synth_pedes.manual_builder import ManualCaptionBuilder
 from tfds_synth_pedes.synth_pedes import procedural
 
@@ -78,17 +78,12 @@ _FULL_NOTES = {"1.1.0": "Every identity in train by default; val/test only via n
 def parse_config_name(name: str) -> tuple[str, dict[str, int]]:
     """'full_v10_t5' -> ('full', {'num_val_ids': 10, 'num_test_ids': 5}): the inverse of the names
     `make_config` gives, so a built non-default config can be named in a run's config."""
-    base, *tags = name.split("_")
-    by_tag = {t: k for k, t in _TAGS.items()}
-    params: dict[str, int] = {}
-    for tag in tags:
-        key, value = by_tag.get(tag[:1]), tag[1:]
-        if base not in _BASE_DEFAULTS or key is None or not value.isdigit():
-            raise ingest.DatasetError(
-                f"synth_pedes has configs 'full' and 'procedural' (optionally with param tags, e.g. "
-                f"'full_v10_t5'), not {name!r}")
-        params[key] = int(value)
-    return base, params
+    parsed = config_names.parse(name, _TAGS)
+    if parsed is None or (parsed[1] and parsed[0] not in _BASE_DEFAULTS):
+        raise ingest.DatasetError(
+            f"synth_pedes has configs 'full' and 'procedural' (optionally with param tags, e.g. "
+            f"'full_v10_t5'), not {name!r}")
+    return parsed
 
 
 def make_config(base: str, **params: Any) -> SynthPedesConfig:
@@ -97,30 +92,19 @@ def make_config(base: str, **params: Any) -> SynthPedesConfig:
     base, named = parse_config_name(base)
     if base not in _BASE_DEFAULTS:
         raise ingest.DatasetError(f"synth_pedes has configs 'full' and 'procedural', not {base!r}")
-    clash = {k for k in named if k in params and params[k] != named[k]}
-    if clash:
-        raise ingest.DatasetError(f"parameter(s) {sorted(clash)} contradict the config name's tags")
-    params = {**named, **params}
-    if "image_size" in params:
-        size = params.pop("image_size")
-        if not (isinstance(size, Sequence) and len(size) == 2):
-            raise ingest.DatasetError(f"image_size must be (height, width), got {size!r}")
-        params["image_height"], params["image_width"] = size
+    params = config_names.merge(named, params)
     allowed = tuple(_TAGS) if base == "procedural" else ("num_val_ids", "num_test_ids", "image_height", "image_width")
     if base == "full" and ("image_height" in params) != ("image_width" in params):
         raise ingest.DatasetError("synth_pedes/full resizes at build only with both image_height and image_width "
                                   "(or image_size=HxW)")
-    for key, value in params.items():
+    for key in params:
         if key not in allowed:
             hint = " (procedural only)" if key in _PROCEDURAL_ONLY else ""
             raise ingest.DatasetError(f"unknown parameter {key!r}{hint} for synth_pedes/{base}; allowed: {allowed}")
-        minimum = 0 if key in ("seed", "num_val_ids", "num_test_ids") else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ingest.DatasetError(f"parameter {key} must be an integer >= {minimum}, got {value!r}")
+    config_names.check_counts(params)
     defaults = {k: getattr(_DEFAULTS, k) for k in _TAGS} | _BASE_DEFAULTS[base]
     params = {**_BASE_DEFAULTS[base], **params}
-    changed = {k: v for k, v in params.items() if v != defaults[k]}
-    name = base + "".join(f"_{_TAGS[k]}{changed[k]}" for k in _TAGS if k in changed)
+    name, changed = config_names.tagged_name(base, params, defaults, _TAGS)
     version = dict(version=_FULL_VERSION, release_notes=_FULL_NOTES) if base == "full" else {}
     return SynthPedesConfig(name=name, procedural=base == "procedural", description=f"{base} {changed or 'defaults'}",
                             **version, **params)
@@ -154,6 +138,7 @@ class SynthPedes(ManualCaptionBuilder):
     DATASET_FOLDERS = ("SYNTH-PEDES",)
     IMAGE_SUBDIR = "."
     SCHEMA = ingest.Schema(synth=True)
+    PROCEDURAL_STYLE = "synth"
 
     def _render(self, dl_manager: tfds.download.DownloadManager) -> Path:
         cfg = self.builder_config

@@ -16,8 +16,9 @@ import functools
 import json
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -164,6 +165,43 @@ def render_workers(num_images: int) -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
+def write_rendered(
+    out: Path,
+    annotation_name: str,
+    params: dict,
+    make_items: Callable[[], Sequence[Any]],
+    render_one: Callable[[Any], list[dict]],
+    images_per_item: int,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Renders every item of `make_items()` with `render_one` (which writes its images and returns
+    their annotation entries) and writes the annotation JSON last; reuses a complete earlier render
+    with the same `params`. Large renders run in worker processes (`render_workers`)."""
+    annotation, params_file = out / annotation_name, out / PARAMS_FILE
+    if annotation.exists() and params_file.exists() and json.loads(params_file.read_text()) == params:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    entries: list[dict] = []
+    items = list(make_items())
+    workers = render_workers(len(items) * images_per_item)
+    # Each item renders from its own seeds, so worker processes write exactly the serial result;
+    # `spawn`, so a (possibly) multithreaded parent is never forked.
+    pool = (concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 1 else contextlib.nullcontext())
+    with pool:
+        results = (pool.map(render_one, items, chunksize=max(1, len(items) // (workers * 8)))
+                   if workers > 1 else map(render_one, items))
+        for item_entries in results:
+            entries.extend(item_entries)
+            if progress is not None:
+                progress(images_per_item)
+    tmp = annotation.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(entries))
+    os.replace(tmp, annotation)  # the annotation appears only when every image is written
+    params_file.write_text(json.dumps(params))
+    return out
+
+
 def write_layout(
     out_dir: str | os.PathLike,
     *,
@@ -181,27 +219,6 @@ def write_layout(
         num_identities=num_identities, images_per_identity=images_per_identity, image_height=image_height,
         image_width=image_width, seed=seed, num_cameras=num_cameras,
     )
-    annotation, params_file = out / ANNOTATION_FILE, out / PARAMS_FILE
-    if annotation.exists() and params_file.exists() and json.loads(params_file.read_text()) == params:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    entries: list[dict] = []
-    identities = list(sample_identities(num_identities, seed))
-    workers = render_workers(num_identities * images_per_identity)
     render_one = functools.partial(_entries_for, params=params, image_dir=out)
-    # Each identity renders from its own seeds, so worker processes write exactly the serial result;
-    # `spawn`, so a (possibly) multithreaded parent is never forked.
-    pool = (concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            if workers > 1 else contextlib.nullcontext())
-    with pool:
-        results = (pool.map(render_one, identities, chunksize=max(1, len(identities) // (workers * 8)))
-                   if workers > 1 else map(render_one, identities))
-        for ident_entries in results:
-            entries.extend(ident_entries)
-            if progress is not None:
-                progress(images_per_identity)
-    tmp = annotation.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entries))
-    os.replace(tmp, annotation)  # the annotation appears only when every image is written
-    params_file.write_text(json.dumps(params))
-    return out
+    return write_rendered(out, ANNOTATION_FILE, params, lambda: sample_identities(num_identities, seed),
+                          render_one, images_per_identity, progress)

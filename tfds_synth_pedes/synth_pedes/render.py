@@ -43,6 +43,7 @@ class Look:
     shoes: RGB
     others_type: str | None  # backpack | handbag | hat | None
     others: RGB
+    head: float = 1.0  # head size factor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +119,12 @@ def _limb(d: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float]
         d.ellipse([x - r, y - r, x + r, y + r], fill=c)
 
 
-def _draw_person(d: ImageDraw.ImageDraw, look: Look, view: View, cx: float, top: float, ph: float) -> None:
+def draw_person(d: ImageDraw.ImageDraw, look: Look, view: View, cx: float, top: float, ph: float) -> None:
+    """Draws `look` (pose from `view`: back, stride, swing) centred at cx, from `top`, `ph` pixels tall."""
     y = lambda f: top + f * ph  # noqa: E731 - fractions of the person height
     sw = 0.13 * look.build * (0.88 if look.female else 1.0) * ph  # half shoulder width
     ww = 0.095 * look.build * ph * (1.05 if look.female else 1.0)  # half waist width
-    head_r = 0.06 * ph
+    head_r = 0.06 * ph * look.head
     limb_w = 0.075 * ph
     sleeve = {"t-shirt": 0.3, "shirt": 0.5, "coat": 0.5, "vest": 0.0}[look.upper_type]
     # Long hair hangs behind the head and shoulders.
@@ -198,7 +200,7 @@ def render(look: Look, view: View, size: tuple[int, int]) -> Image.Image:
     ph = view.scale * big[1]
     top = (big[1] - ph) * view.dy
     cx = big[0] / 2 + view.dx * big[0]
-    _draw_person(d, look, view, cx, top, ph)
+    draw_person(d, look, view, cx, top, ph)
     if view.occluder is not None:
         side, frac, colour = view.occluder
         box = {
