@@ -302,3 +302,16 @@ def test_resize_at_build_stores_images_at_the_asked_size(tmp_path):
         tb.get_builder("cuhk_pedes", "full_h64_w32", tmp_path / "d", image_size=(32, 16))
     with pytest.raises(DatasetError, match="has one config"):
         tb.get_builder("cuhk_pedes", "small", tmp_path / "d")
+
+
+def test_a_config_made_from_params_logs_no_custom_config_warning(tmp_path, caplog):
+    """TFDS's "Using custom data configuration" WARNING would come before a command's answer."""
+    import logging
+
+    from tfds_synth_pedes import build as tb
+
+    with caplog.at_level(logging.INFO, logger="absl"):
+        b = tb.get_builder("synth_pedes", "procedural", tmp_path, num_identities=30, images_per_identity=2)
+        c = tb.get_builder("cuhk_pedes", "procedural", tmp_path, num_identities=40, num_val_ids=5, num_test_ids=5)
+    assert b.builder_config.name != "procedural" and c.builder_config.name != "procedural"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

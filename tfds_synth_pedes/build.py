@@ -19,6 +19,8 @@ Python: `build(...)` returns the prepared builder (a no-op when already built) a
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -80,7 +82,27 @@ def get_builder(
             raise DatasetError(f"{name} has no configs (got --config {config!r})")
         if params:
             raise DatasetError(f"{name} takes no parameters (got {sorted(params)})")
-    return cls(**kwargs)
+    with _quiet_custom_config():
+        return cls(**kwargs)
+
+
+class _DropCustomConfigNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Using custom data configuration")
+
+
+@contextlib.contextmanager
+def _quiet_custom_config():
+    """TFDS logs a WARNING for every config passed as an object ("Using custom data configuration:
+    <repr>"); ours are made by name from params, so the line says nothing and would come before a
+    command's answer."""
+    f = _DropCustomConfigNotice()
+    logger = logging.getLogger("absl")
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
 
 
 def build(
