@@ -3,7 +3,8 @@
     python -m plip_jax.main --config configs/finetune_text_reid.py:dataset=cuhk_pedes --workdir W \
         --config.init_checkpoint=PLIP_RN50.pth.tar --config.data.data_dir=D
 Arguments (`:k=v,...`): dataset (cuhk_pedes | icfg_pedes | rstp_reid | synth_pedes), mini
-(procedural data, the mini model, < 10 CPU minutes), few_shot (fraction of training identities),
+(the mini model on rendered data: the shifted CUHK-style stand-in unless dataset=icfg_pedes or
+synth_pedes; a few CPU minutes), few_shot (fraction of training identities),
 eval_dataset (cross-domain: train on `dataset`, evaluate on this builder's test split), steps, batch.
 No --config.init_checkpoint = the from-scratch baseline (random image encoder; the text tower from
 config.model.text.init: bert-base-uncased from the local HF cache or a folder, see plip_jax/config_parts.py).
@@ -15,6 +16,9 @@ from ml_collections import config_dict
 
 from plip_jax import config_parts
 
+# Builders with a rendered `procedural` stand-in of another domain than procedural SYNTH-PEDES
+# (tfds_synth_pedes/shifted: style A = cuhk_pedes, style B = icfg_pedes); `:mini` fine-tunes on them.
+SHIFTED = ("cuhk_pedes", "icfg_pedes")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = config_parts.parse_arg(arg, mini=False, dataset="cuhk_pedes", few_shot=1.0, eval_dataset="", steps=0,
@@ -33,4 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if a.mini:
         c.model.text.frozen_layers = 4                 # CPU budget: train the last 2 MiniLM layers
         c.train.steps = a.steps or 120
+        if a.dataset in SHIFTED:                       # the shifted stand-in (default): other people,
+            c.data.name, c.data.procedural = a.dataset, {}   # scenes and caption language; its own defaults
+        if a.eval_dataset in SHIFTED:
+            c.eval_data.config = "procedural"
     return c
