@@ -182,3 +182,18 @@ def test_sources_validate_and_build_procedural_configs_on_first_use(tmp_path):
     assert builder.info.splits["test"].num_examples == 4
     with pytest.raises(ConfigError, match="no 'procedural' config"):
         sources.validate(ml_collections.ConfigDict(dict(name="rstp_reid", config="procedural", data_dir=None)))
+
+
+def test_preview_draws_one_row_and_caption_per_domain(built, tmp_path):
+    from tfds_synth_pedes.shifted import preview
+
+    rows = [(name, built[name]["test"]) for name in ("synth_pedes", "cuhk_pedes", "icfg_pedes")]
+    out = preview.preview(rows, tmp_path / "p.png", per_row=4)
+    with Image.open(out) as im:
+        assert im.size == (preview.LABEL_W + 4 * preview.TILE[0], 3 * (preview.TILE[1] + 12 * preview.CAPTION_LINES + 8))
+        px = np.asarray(im.convert("RGB"), np.float32)
+    h = preview.TILE[1] + 12 * preview.CAPTION_LINES + 8
+    tiles = [px[r * h:r * h + preview.TILE[1], preview.LABEL_W:] for r in range(3)]
+    assert min(abs(tiles[0].mean() - t.mean()) for t in tiles[1:]) > 10   # the domains look different
+    with pytest.raises(ValueError, match="empty"):
+        preview.preview([("x", [])], tmp_path / "q.png")
