@@ -59,16 +59,17 @@ def _wait(driver, condition, what: str):
     return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message=what)
 
 
-def _grid(driver) -> list[str]:
-    return [c.get_attribute("data-path") for c in driver.find_elements("css selector", "#grid .card")]
+# One script reads the grid's kind and card paths together: the page replaces the cards when an answer
+# arrives, and element handles found before that and read after it are stale (a flake seen in CI).
+_READ_GRID = """const g = document.getElementById('grid');
+return [g.getAttribute('data-kind'), [...g.querySelectorAll('.card')].map(c => c.getAttribute('data-path'))];"""
 
 
 def _wait_for_grid(driver, kind: str, previous: list[str] | None = None) -> list[str]:
     """The card paths once the grid shows an answer of `kind` (and differs from `previous`, if given)."""
     def ready(d):
-        grid = d.find_element("id", "grid")
-        paths = _grid(d)
-        return paths if grid.get_attribute("data-kind") == kind and paths and paths != previous else False
+        shown, paths = d.execute_script(_READ_GRID)
+        return paths if shown == kind and paths and paths != previous else False
     return _wait(driver, ready, f"a grid of a {kind} query")
 
 
