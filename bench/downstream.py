@@ -41,7 +41,7 @@ def rows_of(protocols: Sequence[str], steps: int) -> list[dict]:
                      for i in ("plip", "random")]
         elif p == "few_shot":
             rows += [dict(protocol=p, init=i, train="cuhk_pedes", test="cuhk_pedes", few_shot=f,
-                          arg=f"{base},few_shot={f}") for f in FEW_SHOT for i in ("plip", "random")]
+                          arg=f"{base},few_shot={f}" if f < 1 else base) for f in FEW_SHOT for i in ("plip", "random")]
         elif p == "cross_domain":
             rows += [dict(protocol=p, init=i, train=a, test=b, few_shot=1.0,
                           arg=f"{base},dataset={a},eval_dataset={b}") for a, b in CROSS for i in ("plip", "random")]
@@ -51,8 +51,10 @@ def rows_of(protocols: Sequence[str], steps: int) -> list[dict]:
 
 
 def run_one(row: dict, seed: int, init: str, data_dir: str, workroot: Path) -> dict:
-    """One fine-tune (or its earlier eval.json): zero-shot and fine-tuned metrics and seconds."""
-    name = f"{row['protocol']}-{row['init']}-{row['train']}-{row['test']}-f{row['few_shot']}-s{seed}"
+    """One fine-tune (or its earlier eval.json): zero-shot and fine-tuned metrics and seconds.
+
+    The workdir names the run, not the protocol, so few-shot's 100% row reads main's runs."""
+    name = f"{row['init']}-{row['train']}-{row['test']}-f{row['few_shot']}-s{seed}"
     work = workroot / name
     if not (work / "eval.json").is_file():
         args = [sys.executable, "-m", "plip_jax.main", "--config", row["arg"], "--workdir", str(work),

@@ -22,6 +22,9 @@ def test_each_protocol_runs_plip_and_random_init_on_its_datasets():
     few = sorted({r["few_shot"] for r in rows if r["protocol"] == "few_shot"})
     assert few == sorted(D.FEW_SHOT) and len(rows) == 2 + 4 + 2 * len(D.FEW_SHOT)
     assert D.rows_of(["main"], steps=30)[0]["arg"].endswith(":mini,steps=30")
+    # few-shot at 100% is main's configuration: the same argument, hence the same workdir and runs
+    full = [r for r in rows if r["protocol"] == "few_shot" and r["few_shot"] == 1.0]
+    assert [r["arg"] for r in full] == [r["arg"] for r in rows[:2]]
     with pytest.raises(SystemExit, match="unknown protocol"):
         D.rows_of(["zero"], steps=0)
 
@@ -29,7 +32,7 @@ def test_each_protocol_runs_plip_and_random_init_on_its_datasets():
 def test_a_finished_row_is_read_not_rerun_and_tabulated(tmp_path):
     row = D.rows_of(["main"], steps=0)[0]
     for seed, (z, f) in enumerate([(10.0, 20.0), (12.0, 24.0)]):
-        work = tmp_path / f"main-plip-cuhk_pedes-cuhk_pedes-f1.0-s{seed}"
+        work = tmp_path / f"plip-cuhk_pedes-cuhk_pedes-f1.0-s{seed}"
         work.mkdir()
         metrics = lambda r1: {"R1": r1, "R5": r1 + 1, "mAP": r1 - 1}  # noqa: E731
         (work / "eval.json").write_text(json.dumps({"zero_shot": metrics(z), "finetuned": metrics(f), "seconds": 3}))
