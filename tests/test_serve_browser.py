@@ -60,7 +60,7 @@ def _wait(driver, condition, what: str):
 
 
 # One script reads the grid's kind and card paths together: the page replaces the cards when an answer
-# arrives, and element handles found before that and read after it are stale (a flake seen in CI).
+# arrives, and element handles found before that and read after it are stale (a flake seen in a full run).
 _READ_GRID = """const g = document.getElementById('grid');
 return [g.getAttribute('data-kind'), [...g.querySelectorAll('.card')].map(c => c.getAttribute('data-path'))];"""
 
