@@ -38,10 +38,15 @@ def test_a_missing_run_pretrains_with_its_task_zeroed_then_evaluates_on_the_shif
     assert {"--config.dataset=cuhk_pedes", "--config.dataset_config=procedural",
             "--config.data_dir=/data/shifted"} <= set(shifted)
     assert run["in_distribution"]["R1"] == 40.0 and run["shifted"]["R1"] == 3.0
-    # the full row zeroes nothing
+    # the full row zeroes nothing; --set overrides go to every pre-training, in workdirs named by the tag
     calls.clear()
     A.run_one("full", 0, tmp_path, "/data/shifted", "cuhk_pedes", "configs/pretrain.py:mini")
     assert not any("losses.weights" in a for a in calls[0])
+    calls.clear()
+    run = A.run_one("full", 0, tmp_path, "/d", "cuhk_pedes", "configs/pretrain.py:mini",
+                    overrides=["losses.weights.tic=0.2"], tag="x10")
+    assert "--config.losses.weights.tic=0.2" in calls[0] and run["name"] == "x10-full-s0"
+    assert Path(run["workdir"]) == tmp_path / "x10-full-s0"
 
 
 def test_finished_runs_are_read_not_rerun_and_tabulated(tmp_path, monkeypatch):
@@ -67,3 +72,7 @@ def test_a_failed_run_and_bad_arguments_end_with_one_line(tmp_path, monkeypatch)
         A.main(["--shifted-data-dir", str(tmp_path), "--rows", "full,no_xyz"])
     with pytest.raises(SystemExit, match="--jobs 0"):
         A.main(["--shifted-data-dir", str(tmp_path), "--jobs", "0"])
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        A.main(["--shifted-data-dir", str(tmp_path), "--tag", "t", "--set", "losses.weights.tic"])
+    with pytest.raises(SystemExit, match="needs a --tag"):
+        A.main(["--shifted-data-dir", str(tmp_path), "--set", "losses.weights.tic=0.2"])
