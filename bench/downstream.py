@@ -1,11 +1,12 @@
 """The downstream protocols on the shifted stand-ins, several seeds a row: zero-shot vs fine-tuned and
 PLIP vs random init (`main`), few-shot fractions of the training identities (`few_shot`), and
-cross-domain (fine-tune on one style, test on the other: `cross_domain`).
+cross-domain (fine-tune on one style, test on the other: `cross_domain`). Text Re-ID by default;
+`--task image_reid` runs `main` and `few_shot` of image Re-ID (the test split by camera).
 
     python bench/downstream.py --init runs/mini --data-dir /tmp/shifted --seeds 0,1,2 \
         --protocols main,cross_domain,few_shot --out bench/results/downstream-<date>.json
 
-Every row is `python -m plip_jax.main --config configs/finetune_text_reid.py:mini,...` in its own
+Every row is `python -m plip_jax.main --config configs/finetune_<task>.py:mini,...` in its own
 process, one after another (run it alone on the machine); a row whose workdir already holds an
 eval.json is read, not rerun, so an interrupted table resumes. Prints the table as markdown.
 """
@@ -29,13 +30,18 @@ import common  # noqa: E402
 FEW_SHOT = (0.01, 0.05, 0.1, 0.25, 1.0)
 CROSS = (("cuhk_pedes", "icfg_pedes"), ("icfg_pedes", "cuhk_pedes"))
 METRICS = ("R1", "R5", "mAP")
+TASKS = {"text_reid": ("main", "few_shot", "cross_domain"), "image_reid": ("main", "few_shot")}
 
 
-def rows_of(protocols: Sequence[str], steps: int) -> list[dict]:
+def rows_of(protocols: Sequence[str], steps: int, task: str = "text_reid") -> list[dict]:
     """The runs each protocol needs: (name, init, config argument) without the seed."""
     rows: list[dict] = []
-    base = f"configs/finetune_text_reid.py:mini,steps={steps}" if steps else "configs/finetune_text_reid.py:mini"
+    if task not in TASKS:
+        raise SystemExit(f"error: unknown task {task!r} ({', '.join(TASKS)})")
+    base = f"configs/finetune_{task}.py:mini" + (f",steps={steps}" if steps else "")
     for p in protocols:
+        if p in ("main", "few_shot", "cross_domain") and p not in TASKS[task]:
+            raise SystemExit(f"error: protocol {p!r} is not run for {task} ({', '.join(TASKS[task])})")
         if p == "main":
             rows += [dict(protocol=p, init=i, train="cuhk_pedes", test="cuhk_pedes", few_shot=1.0, arg=base)
                      for i in ("plip", "random")]
@@ -47,7 +53,7 @@ def rows_of(protocols: Sequence[str], steps: int) -> list[dict]:
                           arg=f"{base},dataset={a},eval_dataset={b}") for a, b in CROSS for i in ("plip", "random")]
         else:
             raise SystemExit(f"error: unknown protocol {p!r} (main, few_shot, cross_domain)")
-    return rows
+    return [{**r, "task": task} for r in rows]
 
 
 def run_one(row: dict, seed: int, init: str, data_dir: str, workroot: Path) -> dict:
@@ -55,10 +61,14 @@ def run_one(row: dict, seed: int, init: str, data_dir: str, workroot: Path) -> d
 
     The workdir names the run, not the protocol, so few-shot's 100% row reads main's runs."""
     name = f"{row['init']}-{row['train']}-{row['test']}-f{row['few_shot']}-s{seed}"
+    if row.get("task", "text_reid") != "text_reid":
+        name = f"{row['task']}-{name}"
     work = workroot / name
     if not (work / "eval.json").is_file():
         args = [sys.executable, "-m", "plip_jax.main", "--config", row["arg"], "--workdir", str(work),
-                f"--config.seed={seed}", f"--config.data.data_dir={data_dir}", "--config.eval_data.data_dir=" + data_dir]
+                f"--config.seed={seed}", f"--config.data.data_dir={data_dir}"]
+        if row.get("task", "text_reid") == "text_reid":            # the only task with a cross-domain eval set
+            args.append("--config.eval_data.data_dir=" + data_dir)
         if row["init"] == "plip":
             args.append(f"--config.init_checkpoint={init}")
         p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
@@ -91,14 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-dir", required=True, help="TFDS data dir for the shifted builds (built on first use)")
     ap.add_argument("--workroot", default="runs/downstream", help="one workdir per row and seed below it")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--protocols", default="main,cross_domain,few_shot")
+    ap.add_argument("--task", default="text_reid", help=f"one of {', '.join(TASKS)}")
+    ap.add_argument("--protocols", default=None, help="default: all of the task's (main,cross_domain,few_shot)")
     ap.add_argument("--steps", type=int, default=0, help="fine-tune steps (0: the config's)")
-    ap.add_argument("--out", default=None, help="results JSON (default bench/results/downstream-<date>.json)")
+    ap.add_argument("--out", default=None, help="results JSON (default bench/results/downstream[-<task>]-<date>.json)")
     a = ap.parse_args(argv)
     if not Path(a.init).is_dir():
         raise SystemExit(f"error: --init {a.init}: not a directory")
     seeds = [int(s) for s in a.seeds.split(",")]
-    rows = rows_of(a.protocols.split(","), a.steps)
+    rows = rows_of(a.protocols.split(",") if a.protocols else list(TASKS.get(a.task, ())), a.steps, a.task)
     out_rows = []
     bar = tqdm(total=len(rows) * len(seeds), desc="fine-tunes", unit="run")
     t0 = time.time()
@@ -110,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         agg = {k: {m: summary([r[k][m] for r in runs]) for m in METRICS} for k in ("zero_shot", "finetuned")}
         out_rows.append({**{k: v for k, v in row.items() if k != "arg"}, "config": row["arg"], **agg, "runs": runs})
     bar.close()
-    doc = {"schema": "plip-jax-downstream/1", **common.base_info(), "init": a.init, "seeds": seeds,
+    doc = {"schema": "plip-jax-downstream/1", **common.base_info(), "task": a.task, "init": a.init, "seeds": seeds,
            "wall_s": time.time() - t0, "rows": out_rows}
-    out = Path(a.out or common.RESULTS_DIR / f"downstream-{common.today()}.json")
+    prefix = "downstream-" if a.task == "text_reid" else f"downstream-{a.task}-"
+    out = Path(a.out or common.RESULTS_DIR / f"{prefix}{common.today()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     print(table(out_rows))

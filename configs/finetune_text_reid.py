@@ -16,9 +16,8 @@ from ml_collections import config_dict
 
 from plip_jax import config_parts
 
-# Builders with a rendered `procedural` stand-in of another domain than procedural SYNTH-PEDES
-# (tfds_synth_pedes/shifted: style A = cuhk_pedes, style B = icfg_pedes); `:mini` fine-tunes on them.
-SHIFTED = ("cuhk_pedes", "icfg_pedes")
+SHIFTED = config_parts.SHIFTED_DATASETS           # `:mini` fine-tunes on these shifted stand-ins
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = config_parts.parse_arg(arg, mini=False, dataset="cuhk_pedes", few_shot=1.0, eval_dataset="", steps=0,

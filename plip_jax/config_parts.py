@@ -119,6 +119,11 @@ def data_config() -> ml_collections.ConfigDict:
 
 MINI_MAX_LENGTH = 48
 
+# Builders with a rendered `procedural` stand-in of another domain than procedural SYNTH-PEDES
+# (tfds_synth_pedes/shifted: style A = cuhk_pedes, style B = icfg_pedes); the `:mini` fine-tunes of
+# text and image Re-ID run on them (attributes stay on SYNTH-PEDES: the shifted sets carry none).
+SHIFTED_DATASETS = ("cuhk_pedes", "icfg_pedes")
+
 
 def mini_model(recipe: str = "paper_v2") -> ml_collections.ConfigDict:
     """The embedded default's model, sized for 2 CPU cores: a 1-1-1-1 ResNet at 64x32 and the shipped

@@ -42,3 +42,26 @@ def test_a_finished_row_is_read_not_rerun_and_tabulated(tmp_path):
     assert agg["finetuned"]["R1"]["mean"] == 22.0 and agg["finetuned"]["R1"]["sd"] == pytest.approx(2 ** 0.5 * 2)
     line = D.table([{**row, **agg}]).splitlines()[-1]
     assert line == "| main | plip | cuhk_pedes -> cuhk_pedes | 1 | 11.00 ± 1.41 | 22.00 ± 2.83 | 21.00 ± 2.83 |"
+
+
+def test_image_reid_rows_run_its_own_config_without_a_cross_domain_eval_set(tmp_path, monkeypatch):
+    rows = D.rows_of(["main", "few_shot"], steps=0, task="image_reid")
+    assert {r["arg"].split(":")[0] for r in rows} == {"configs/finetune_image_reid.py"}
+    with pytest.raises(SystemExit, match="not run for image_reid"):
+        D.rows_of(["cross_domain"], steps=0, task="image_reid")
+    with pytest.raises(SystemExit, match="unknown task"):
+        D.rows_of(["main"], steps=0, task="captioning")
+    calls = []
+
+    def fake_run(args, **kw):
+        calls.append(args)
+        work = Path(args[args.index("--workdir") + 1])
+        work.mkdir()
+        m = {"R1": 1.0, "R5": 2.0, "mAP": 3.0}
+        (work / "eval.json").write_text(json.dumps({"zero_shot": m, "finetuned": m}))
+        return D.subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(D.subprocess, "run", fake_run)
+    run = D.run_one(rows[0], 1, "/init", "/data", tmp_path)
+    assert run["name"] == "image_reid-plip-cuhk_pedes-cuhk_pedes-f1.0-s1"
+    assert "--config.data.data_dir=/data" in calls[0] and not any("eval_data" in a for a in calls[0])

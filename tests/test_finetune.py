@@ -73,3 +73,9 @@ def test_config_errors(tmp_path: Path):
         finetune.run(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
     assert finetune_image_reid.get_config("dataset=market1501").data.query_split == "query"
+    # :mini image Re-ID runs on the shifted style-A stand-in unless told SYNTH-PEDES; never on a real set
+    assert (finetune_image_reid.get_config("mini").data.name, finetune_image_reid.get_config().data.name) == (
+        "cuhk_pedes", "market1501")
+    assert finetune_image_reid.get_config("mini,dataset=synth_pedes").data.name == "synth_pedes"
+    with pytest.raises(ValueError, match="procedural stand-ins"):
+        finetune_image_reid.get_config("mini,dataset=market1501")

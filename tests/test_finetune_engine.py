@@ -133,8 +133,8 @@ def test_image_reid_sigterm_resume_matches_uninterrupted_and_loads(tmp_path):
     want = traverse_util.flatten_dict(text, sep="/")
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
     assert model.encode_texts(["a man in a red coat"]).shape == (1, 32)
-    d = sources.data_config("synth_pedes", "procedural", str(tmp_path / "data"), None,
-                            json.loads((cut / "config.json").read_text())["data"]["procedural"])
+    data = json.loads((cut / "config.json").read_text())["data"]      # the run's own test set
+    d = sources.data_config(data["name"], data["config"], str(tmp_path / "data"), None, data["procedural"])
     split = load_eval_split(sources.open_source(d, "test", decode_images=False), model.tokenizer, model.input_size, max_length=8)
     qm, gm = fd.split_query_gallery(split["image_ids"], split["camera_ids"])
     feats = model.encode_images(split["images"])

@@ -1,4 +1,5 @@
-"""Tiny fine-tune configs (toy model sizes on a small procedural SYNTH-PEDES), in process via
+"""Tiny fine-tune configs (toy model sizes on small procedural builds: the shifted style A for text
+and image Re-ID, SYNTH-PEDES for attributes, as in `:mini`), in process via
 `tiny_finetune_config(task, ...)` or for subprocess runs:
 `--config tests/tiny_finetune_cfg.py:task=image_reid,steps=4,batch=8 --config.data.data_dir=D`."""
 from __future__ import annotations
