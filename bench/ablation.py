@@ -6,8 +6,8 @@ evaluation) and on a shifted stand-in's test split (`configs/eval_text_reid.py`)
         --jobs 2 --out bench/results/ablation-<date>.json
 
 Each row is `python -m plip_jax.main --config configs/pretrain.py:mini --config.seed=S` plus
-`--config.losses.weights.TASK=0.0`, in its own process; `--jobs 2` runs two at a time (the results do
-not depend on it; the walls do, so none are compared). `--set KEY=VALUE` (repeatable) adds
+`--config.losses.weights.TASK=0.0`, in its own process; `--jobs 2` runs two at a time (the walls then
+depend on it, so none are compared). `--set KEY=VALUE` (repeatable) adds
 `--config.KEY=VALUE` to every pre-training and `--tag` names those runs (e.g. the pretext tasks at ten
 times their weights: `--tag x10 --set losses.weights.tic=0.2 --set losses.weights.iap=1.0 --rows full`).
 A run whose workdir already holds an eval.json is read, not rerun, so an interrupted table resumes.
