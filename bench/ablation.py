@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -35,12 +33,6 @@ ROWS = {"full": None, "no_tic": "tic", "no_iap": "iap", "no_ivlc": "ivlc"}
 METRICS = ("R1", "R5", "R10", "mAP")
 
 
-def _run(args: list[str], name: str) -> None:
-    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode:
-        raise SystemExit(f"error: {name} failed (rc {p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
-
-
 def run_one(row: str, seed: int, workroot: Path, shifted: str, shifted_dataset: str, pretrain_arg: str,
             overrides: Sequence[str] = (), tag: str = "") -> dict:
     """One pre-training and its two zero-shot evaluations (or their earlier eval.json files)."""
@@ -51,20 +43,15 @@ def run_one(row: str, seed: int, workroot: Path, shifted: str, shifted_dataset: 
                 f"--config.seed={seed}", *(f"--config.{o}" for o in overrides)]
         if ROWS[row]:
             args.append(f"--config.losses.weights.{ROWS[row]}=0.0")
-        _run(args, name)
+        common.run_or_exit(args, name)
     if not (shifted_work / "eval.json").is_file():
-        _run([sys.executable, "-m", "plip_jax.main", "--config", "configs/eval_text_reid.py",
+        common.run_or_exit([sys.executable, "-m", "plip_jax.main", "--config", "configs/eval_text_reid.py",
               "--workdir", str(shifted_work), f"--config.checkpoint={work}", f"--config.dataset={shifted_dataset}",
               "--config.dataset_config=procedural", f"--config.data_dir={shifted}"], f"{name} shifted eval")
     ind = json.loads((work / "eval.json").read_text())
     sh = json.loads((shifted_work / "eval.json").read_text())
     return {"row": row, "seed": seed, "name": name, "workdir": str(work),
             "in_distribution": {m: ind[m] for m in METRICS}, "shifted": {m: sh[m] for m in METRICS}}
-
-
-def summary(values: Sequence[float]) -> dict:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": list(values)}
 
 
 def table(rows: Sequence[dict]) -> str:
@@ -116,13 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         rr = [x for x in runs if x["row"] == r]
         out_rows.append({"row": r, "label": f"{r} ({a.tag})" if a.tag else r, "zeroed": ROWS[r], "runs": rr,
-                         **{k: {m: summary([x[k][m] for x in rr]) for m in METRICS}
+                         **{k: {m: common.seed_summary([x[k][m] for x in rr]) for m in METRICS}
                             for k in ("in_distribution", "shifted")}})
     doc = {"schema": "plip-jax-ablation/1", **common.base_info(), "config": a.config, "overrides": a.set, "tag": a.tag,
            "seeds": seeds, "shifted": f"{a.shifted_dataset}/procedural", "jobs": a.jobs, "wall_s": time.time() - t0, "rows": out_rows}
     out = Path(a.out or common.RESULTS_DIR / f"ablation-{common.today()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    common.write_json(doc, out)
     print(table(out_rows))
     print(f"wrote {out}")
     return 0

@@ -17,6 +17,7 @@ import platform
 import re
 import socket
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -100,6 +101,19 @@ def package_versions(names: Iterable[str]) -> dict[str, str | None]:
 
 def median_ms(times_s: Sequence[float]) -> float:
     return 1e3 * statistics.median(times_s)
+
+
+def seed_summary(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample sd (0 for one value), count and the values of one metric over seeds."""
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": list(values)}
+
+
+def run_or_exit(args: Sequence[str], name: str) -> None:
+    """Run one `python -m plip_jax.main ...` from the repo root; a failure ends the bench in one line."""
+    p = subprocess.run(list(args), cwd=ROOT, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"error: {name} failed (rc {p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
 
 
 def finish_row(row: dict[str, Any], device_kind: str | None) -> dict[str, Any]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -60,29 +58,21 @@ def run_one(row: dict, seed: int, init: str, data_dir: str, workroot: Path) -> d
     """One fine-tune (or its earlier eval.json): zero-shot and fine-tuned metrics and seconds.
 
     The workdir names the run, not the protocol, so few-shot's 100% row reads main's runs."""
-    name = f"{row['init']}-{row['train']}-{row['test']}-f{row['few_shot']}-s{seed}"
-    if row.get("task", "text_reid") != "text_reid":
-        name = f"{row['task']}-{name}"
+    text = row["task"] == "text_reid"          # text Re-ID keeps the workdir names it was first run with
+    name = ("" if text else f"{row['task']}-") + f"{row['init']}-{row['train']}-{row['test']}-f{row['few_shot']}-s{seed}"
     work = workroot / name
     if not (work / "eval.json").is_file():
         args = [sys.executable, "-m", "plip_jax.main", "--config", row["arg"], "--workdir", str(work),
                 f"--config.seed={seed}", f"--config.data.data_dir={data_dir}"]
-        if row.get("task", "text_reid") == "text_reid":            # the only task with a cross-domain eval set
+        if text:                                   # the only task with a cross-domain eval set
             args.append("--config.eval_data.data_dir=" + data_dir)
         if row["init"] == "plip":
             args.append(f"--config.init_checkpoint={init}")
-        p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-        if p.returncode:
-            raise SystemExit(f"error: {name} failed (rc {p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
+        common.run_or_exit(args, name)
     ev = json.loads((work / "eval.json").read_text())
     return {"name": name, "seed": seed, "seconds": ev.get("seconds"),
             "zero_shot": {m: ev["zero_shot"][m] for m in METRICS},
             "finetuned": {m: ev["finetuned"][m] for m in METRICS}}
-
-
-def summary(values: Sequence[float]) -> dict:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
 
 
 def table(rows: Sequence[dict]) -> str:
@@ -118,15 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in seeds:
             runs.append(run_one(row, s, a.init, a.data_dir, Path(a.workroot)))
             bar.update()
-        agg = {k: {m: summary([r[k][m] for r in runs]) for m in METRICS} for k in ("zero_shot", "finetuned")}
+        agg = {k: {m: common.seed_summary([r[k][m] for r in runs]) for m in METRICS} for k in ("zero_shot", "finetuned")}
         out_rows.append({**{k: v for k, v in row.items() if k != "arg"}, "config": row["arg"], **agg, "runs": runs})
     bar.close()
     doc = {"schema": "plip-jax-downstream/1", **common.base_info(), "task": a.task, "init": a.init, "seeds": seeds,
            "wall_s": time.time() - t0, "rows": out_rows}
     prefix = "downstream-" if a.task == "text_reid" else f"downstream-{a.task}-"
     out = Path(a.out or common.RESULTS_DIR / f"{prefix}{common.today()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    common.write_json(doc, out)
     print(table(out_rows))
     print(f"wrote {out}")
     return 0

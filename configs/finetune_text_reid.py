@@ -16,8 +16,6 @@ from ml_collections import config_dict
 
 from plip_jax import config_parts
 
-SHIFTED = config_parts.SHIFTED_DATASETS           # `:mini` fine-tunes on these shifted stand-ins
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = config_parts.parse_arg(arg, mini=False, dataset="cuhk_pedes", few_shot=1.0, eval_dataset="", steps=0,
@@ -36,8 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if a.mini:
         c.model.text.frozen_layers = 4                 # CPU budget: train the last 2 MiniLM layers
         c.train.steps = a.steps or 120
-        if a.dataset in SHIFTED:                       # the shifted stand-in (default): other people,
+        if a.dataset in config_parts.SHIFTED_DATASETS:   # the shifted stand-in (default): other people,
             c.data.name, c.data.procedural = a.dataset, {}   # scenes and caption language; its own defaults
-        if a.eval_dataset in SHIFTED:
+        if a.eval_dataset in config_parts.SHIFTED_DATASETS:
             c.eval_data.config = "procedural"
     return c

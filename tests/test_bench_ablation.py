@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import common  # noqa: E402  (bench/common.py)
 import ablation as A  # noqa: E402  (bench/ablation.py)
 
 
@@ -28,7 +29,7 @@ def test_a_missing_run_pretrains_with_its_task_zeroed_then_evaluates_on_the_shif
         (work / "eval.json").write_text(json.dumps(_metrics(40.0 if len(calls) == 1 else 3.0)))
         return subprocess.CompletedProcess(args, 0, "", "")
 
-    monkeypatch.setattr(A.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     run = A.run_one("no_iap", 2, tmp_path, "/data/shifted", "cuhk_pedes", "configs/pretrain.py:mini")
     pretrain, shifted = calls
     assert pretrain[pretrain.index("--config") + 1] == "configs/pretrain.py:mini"
@@ -50,13 +51,13 @@ def test_a_missing_run_pretrains_with_its_task_zeroed_then_evaluates_on_the_shif
 
 
 def test_finished_runs_are_read_not_rerun_and_tabulated(tmp_path, monkeypatch):
-    monkeypatch.setattr(A.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
     for seed, (ind, sh) in enumerate([(70.0, 2.0), (74.0, 4.0)]):
         for name, r1 in ((f"no_tic-s{seed}", ind), (f"no_tic-s{seed}-cuhk_pedes", sh)):
             (tmp_path / name).mkdir()
             (tmp_path / name / "eval.json").write_text(json.dumps(_metrics(r1)))
     runs = [A.run_one("no_tic", s, tmp_path, "/nonexistent", "cuhk_pedes", "configs/pretrain.py:mini") for s in (0, 1)]
-    row = {"row": "no_tic", **{k: {m: A.summary([r[k][m] for r in runs]) for m in A.METRICS}
+    row = {"row": "no_tic", **{k: {m: common.seed_summary([r[k][m] for r in runs]) for m in A.METRICS}
                               for k in ("in_distribution", "shifted")}}
     assert row["in_distribution"]["R1"]["mean"] == 72.0 and row["shifted"]["R1"]["sd"] == pytest.approx(2 ** 0.5)
     assert A.table([row]).splitlines()[-1] == (
@@ -64,7 +65,7 @@ def test_finished_runs_are_read_not_rerun_and_tabulated(tmp_path, monkeypatch):
 
 
 def test_a_failed_run_and_bad_arguments_end_with_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(A.subprocess, "run",
+    monkeypatch.setattr(subprocess, "run",
                         lambda args, **k: subprocess.CompletedProcess(args, 3, "", "Traceback\nerror: boom"))
     with pytest.raises(SystemExit, match=r"no_ivlc-s0 failed \(rc 3\).*error: boom"):
         A.run_one("no_ivlc", 0, tmp_path, "/d", "cuhk_pedes", "configs/pretrain.py:mini")

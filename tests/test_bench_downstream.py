@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import common  # noqa: E402  (bench/common.py)
 import downstream as D  # noqa: E402  (bench/downstream.py)
 
 
@@ -38,7 +40,7 @@ def test_a_finished_row_is_read_not_rerun_and_tabulated(tmp_path):
         (work / "eval.json").write_text(json.dumps({"zero_shot": metrics(z), "finetuned": metrics(f), "seconds": 3}))
     runs = [D.run_one(row, s, "/nonexistent/init", "/nonexistent/data", tmp_path) for s in (0, 1)]
     assert [r["finetuned"]["R1"] for r in runs] == [20.0, 24.0]
-    agg = {k: {m: D.summary([r[k][m] for r in runs]) for m in D.METRICS} for k in ("zero_shot", "finetuned")}
+    agg = {k: {m: common.seed_summary([r[k][m] for r in runs]) for m in D.METRICS} for k in ("zero_shot", "finetuned")}
     assert agg["finetuned"]["R1"]["mean"] == 22.0 and agg["finetuned"]["R1"]["sd"] == pytest.approx(2 ** 0.5 * 2)
     line = D.table([{**row, **agg}]).splitlines()[-1]
     assert line == "| main | plip | cuhk_pedes -> cuhk_pedes | 1 | 11.00 ± 1.41 | 22.00 ± 2.83 | 21.00 ± 2.83 |"
@@ -59,9 +61,9 @@ def test_image_reid_rows_run_its_own_config_without_a_cross_domain_eval_set(tmp_
         work.mkdir()
         m = {"R1": 1.0, "R5": 2.0, "mAP": 3.0}
         (work / "eval.json").write_text(json.dumps({"zero_shot": m, "finetuned": m}))
-        return D.subprocess.CompletedProcess(args, 0, "", "")
+        return subprocess.CompletedProcess(args, 0, "", "")
 
-    monkeypatch.setattr(D.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     run = D.run_one(rows[0], 1, "/init", "/data", tmp_path)
     assert run["name"] == "image_reid-plip-cuhk_pedes-cuhk_pedes-f1.0-s1"
     assert "--config.data.data_dir=/data" in calls[0] and not any("eval_data" in a for a in calls[0])
