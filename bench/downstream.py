@@ -28,7 +28,7 @@ import common  # noqa: E402
 FEW_SHOT = (0.01, 0.05, 0.1, 0.25, 1.0)
 CROSS = (("cuhk_pedes", "icfg_pedes"), ("icfg_pedes", "cuhk_pedes"))
 METRICS = ("R1", "R5", "mAP")
-TASKS = {"text_reid": ("main", "few_shot", "cross_domain"), "image_reid": ("main", "few_shot")}
+TASKS = {"text_reid": ("main", "cross_domain", "few_shot"), "image_reid": ("main", "few_shot")}
 
 
 def rows_of(protocols: Sequence[str], steps: int, task: str = "text_reid") -> list[dict]:
